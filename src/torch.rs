@@ -1,0 +1,339 @@
+//! Bindings for `torch.Tensor` arguments: validate, release the GIL, dispatch.
+//!
+//! Everything here goes through libtorch (via tch), so autograd is recorded by libtorch itself
+//! and works on every device. The same code is the in-package reference that the fused kernels
+//! are tested against, and the fallback where a fused kernel is not available.
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::losses::{self, Estimator, Reduction};
+
+pub(crate) fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "torch.float32",
+        Kind::Double => "torch.float64",
+        Kind::Half => "torch.float16",
+        Kind::BFloat16 => "torch.bfloat16",
+        Kind::Int64 => "torch.int64",
+        Kind::Int => "torch.int32",
+        Kind::Int16 => "torch.int16",
+        Kind::Int8 => "torch.int8",
+        Kind::Uint8 => "torch.uint8",
+        Kind::Bool => "torch.bool",
+        Kind::ComplexFloat => "torch.complex64",
+        Kind::ComplexDouble => "torch.complex128",
+        _ => "an unsupported dtype",
+    }
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
+/// float64 stays float64 (for gradcheck); every other float type accumulates in float32.
+pub(crate) fn accumulation_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// The checks of SPEC §6 for a (logits, labels) pair, before any work is done.
+///
+/// Returns the number of positions per row that have a label after the shift.
+pub(crate) fn check_logits_labels(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> Result<i64> {
+    let lsize = logits.size();
+    if lsize.len() != 3 {
+        return Err(Error::value(format!(
+            "logits must be a 3-D tensor [batch, seq_len, vocab], got shape {lsize:?}"
+        )));
+    }
+    if !is_float(logits.kind()) {
+        return Err(Error::type_(format!(
+            "logits must be a floating-point tensor (float32, bfloat16, float16 or float64), got {}",
+            dtype_name(logits.kind())
+        )));
+    }
+    let ysize = labels.size();
+    if ysize.len() != 2 {
+        return Err(Error::value(format!(
+            "labels must be a 2-D tensor [batch, seq_len], got shape {ysize:?}"
+        )));
+    }
+    if labels.kind() != Kind::Int64 {
+        return Err(Error::type_(format!(
+            "labels must be an int64 (torch.long) tensor of token ids, got {}",
+            dtype_name(labels.kind())
+        )));
+    }
+    if ysize[..] != lsize[..2] {
+        return Err(Error::value(format!(
+            "labels shape {ysize:?} must equal the first two dimensions of logits {:?}",
+            &lsize[..2]
+        )));
+    }
+    if logits.device() != labels.device() {
+        return Err(Error::value(format!(
+            "logits and labels must be on the same device, got logits on {:?} and labels on {:?}",
+            logits.device(),
+            labels.device()
+        )));
+    }
+    let (seq_len, vocab) = (lsize[1], lsize[2]);
+    if vocab < 1 {
+        return Err(Error::value("logits has an empty vocabulary dimension (vocab = 0)"));
+    }
+    if shift && seq_len < 2 {
+        return Err(Error::value(format!(
+            "with shift=True each sequence needs at least 2 positions (logits at t predict the label at t+1), \
+             got seq_len = {seq_len}; pass shift=False if logits and labels are already aligned"
+        )));
+    }
+    let used = shifted_labels(labels, shift);
+    let in_vocab = used.ge(0).logical_and(&used.lt(vocab));
+    let bad = in_vocab.logical_not().logical_and(&used.ne(ignore_index));
+    if bad.any().int64_value(&[]) != 0 {
+        let first = bad.nonzero().get(0);
+        let (row, col) = (first.int64_value(&[0]), first.int64_value(&[1]) + shift as i64);
+        let value = labels.int64_value(&[row, col]);
+        return Err(Error::value(format!(
+            "labels[{row}, {col}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
+        )));
+    }
+    if require_tokens && lsize[0] > 0 {
+        let counts = used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64);
+        let empty = counts.eq(0);
+        if empty.any().int64_value(&[]) != 0 {
+            let row = empty.nonzero().int64_value(&[0, 0]);
+            return Err(Error::value(format!(
+                "row {row} of labels has no response tokens (every label{} is ignore_index={ignore_index}), \
+                 so its average log-probability is undefined",
+                if shift { " after the shift" } else { "" }
+            )));
+        }
+    }
+    Ok(if shift { seq_len - 1 } else { seq_len })
+}
+
+/// Labels aligned with the logits rows that predict them: a view, never a copy.
+pub(crate) fn shifted_labels(labels: &Tensor, shift: bool) -> Tensor {
+    if shift {
+        let t = labels.size()[1];
+        labels.narrow(1, 1, t - 1)
+    } else {
+        labels.shallow_clone()
+    }
+}
+
+/// Logits rows that have a label after the shift: a view, never a copy.
+pub(crate) fn shifted_logits(logits: &Tensor, shift: bool) -> Tensor {
+    if shift {
+        let t = logits.size()[1];
+        logits.narrow(1, 0, t - 1)
+    } else {
+        logits.shallow_clone()
+    }
+}
+
+/// Per-token log-probs through plain libtorch ops (autograd recorded by libtorch).
+pub(crate) fn reference_token_logps(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool) -> Tensor {
+    let x = shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind()));
+    let y = shifted_labels(labels, shift);
+    let mask = y.ne(ignore_index);
+    let safe = y.where_scalarother(&mask, 0);
+    let picked = x.gather(2, &safe.unsqueeze(2), false).squeeze_dim(2);
+    let lse = x.logsumexp(2, false);
+    (picked - lse).where_scalarother(&mask, 0.0)
+}
+
+/// Sum (or mean) over the response tokens of per-token log-probs that are 0 where ignored.
+pub(crate) fn reduce_to_sequences(token_logps: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, average: bool) -> Tensor {
+    let total = token_logps.sum_dim_intlist(1, false, None);
+    if !average {
+        return total;
+    }
+    let count = shifted_labels(labels, shift).ne(ignore_index).sum_dim_intlist(1, false, token_logps.kind());
+    total / count
+}
+
+/// Per-token log-probs through libtorch ops: `log_softmax(logits)[label]`, 0 where ignored.
+#[pyfunction]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true))]
+pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<PyTensor> {
+    let out = py.allow_threads(move || -> Result<Tensor> {
+        check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
+        Ok(reference_token_logps(&logits, &labels, ignore_index, shift))
+    })?;
+    Ok(PyTensor(out))
+}
+
+/// Validate a (logits, labels) pair as the public functions do; raises on bad input.
+#[pyfunction]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, require_tokens = false))]
+pub fn check_logps_inputs(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, require_tokens: bool) -> PyResult<()> {
+    py.allow_threads(move || check_logits_labels(&logits, &labels, ignore_index, shift, require_tokens))?;
+    Ok(())
+}
+
+/// Reduce per-token log-probs [B, T'] to per-sequence log-probs [B].
+#[pyfunction]
+#[pyo3(signature = (token_logps, labels, ignore_index = -100, shift = true, average = true))]
+pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, average: bool) -> PyResult<PyTensor> {
+    let out = py.allow_threads(move || reduce_to_sequences(&token_logps, &labels, ignore_index, shift, average));
+    Ok(PyTensor(out))
+}
+
+/// A [P] vector of per-sequence log-probs, checked and promoted to at least float32.
+fn check_pair_vector(name: &str, value: &Tensor, like: Option<(&str, &Tensor)>) -> Result<Tensor> {
+    if !is_float(value.kind()) {
+        return Err(Error::type_(format!(
+            "{name} must be a floating-point tensor of per-sequence log-probs, got {}",
+            dtype_name(value.kind())
+        )));
+    }
+    let size = value.size();
+    if size.len() != 1 {
+        return Err(Error::value(format!("{name} must be a 1-D tensor [pairs], got shape {size:?}")));
+    }
+    match like {
+        None if size[0] == 0 => {
+            return Err(Error::value(format!("{name} is empty: a preference loss needs at least one pair")))
+        }
+        Some((other_name, other)) => {
+            if size != other.size() {
+                return Err(Error::value(format!(
+                    "{name} must have the same shape as {other_name} {:?}, got {size:?}",
+                    other.size()
+                )));
+            }
+            if value.device() != other.device() {
+                return Err(Error::value(format!(
+                    "{name} must be on the same device as {other_name} ({:?}), got {:?}",
+                    other.device(),
+                    value.device()
+                )));
+            }
+        }
+        None => {}
+    }
+    Ok(value.to_kind(accumulation_kind(value.kind())))
+}
+
+fn reduce(loss: Tensor, reduction: Reduction) -> Tensor {
+    match reduction {
+        Reduction::Mean => loss.mean(None),
+        Reduction::Sum => loss.sum(None),
+        Reduction::None => loss,
+    }
+}
+
+/// Policy log-probs and, with a reference, the log-ratios u = ℓ_θ − ℓ_ref (reference detached).
+struct PairInputs {
+    chosen: Tensor,
+    rejected: Tensor,
+    u_chosen: Tensor,
+    u_rejected: Tensor,
+}
+
+fn pair_inputs(chosen: &Tensor, rejected: &Tensor, ref_chosen: Option<&Tensor>, ref_rejected: Option<&Tensor>) -> Result<PairInputs> {
+    let c = check_pair_vector("chosen_logps", chosen, None)?;
+    let r = check_pair_vector("rejected_logps", rejected, Some(("chosen_logps", chosen)))?;
+    let (u_c, u_r) = match (ref_chosen, ref_rejected) {
+        (None, None) => (c.shallow_clone(), r.shallow_clone()),
+        (Some(rc), Some(rr)) => {
+            let rc = check_pair_vector("ref_chosen_logps", rc, Some(("chosen_logps", chosen)))?.detach();
+            let rr = check_pair_vector("ref_rejected_logps", rr, Some(("chosen_logps", chosen)))?.detach();
+            (&c - rc.to_kind(c.kind()), &r - rr.to_kind(c.kind()))
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::value(
+                "ref_chosen_logps and ref_rejected_logps must be given together (both or neither)",
+            ))
+        }
+    };
+    Ok(PairInputs { chosen: c, rejected: r, u_chosen: u_c, u_rejected: u_r })
+}
+
+/// SimPER loss from per-sequence average log-probs.
+#[pyfunction]
+#[pyo3(signature = (chosen_logps, rejected_logps, reduction = "mean"))]
+pub fn simper_loss(py: Python<'_>, chosen_logps: PyTensor, rejected_logps: PyTensor, reduction: &str) -> PyResult<PyTensor> {
+    let reduction = Reduction::parse(reduction)?;
+    let out = py.allow_threads(move || -> Result<Tensor> {
+        let p = pair_inputs(&chosen_logps, &rejected_logps, None, None)?;
+        Ok(reduce(losses::simper(&p.chosen, &p.rejected), reduction))
+    })?;
+    Ok(PyTensor(out))
+}
+
+/// DIL loss from per-sequence average log-probs, optionally against a reference model.
+#[pyfunction]
+#[pyo3(signature = (chosen_logps, rejected_logps, ref_chosen_logps = None, ref_rejected_logps = None, estimator = "lsif", beta = 1.0, reduction = "mean"))]
+#[allow(clippy::too_many_arguments)]
+pub fn dil_loss(
+    py: Python<'_>,
+    chosen_logps: PyTensor,
+    rejected_logps: PyTensor,
+    ref_chosen_logps: Option<PyTensor>,
+    ref_rejected_logps: Option<PyTensor>,
+    estimator: &str,
+    beta: f64,
+    reduction: &str,
+) -> PyResult<PyTensor> {
+    let estimator = Estimator::parse(estimator)?;
+    let reduction = Reduction::parse(reduction)?;
+    check_beta(beta)?;
+    let out = py.allow_threads(move || -> Result<Tensor> {
+        let p = pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
+        Ok(reduce(losses::dil(estimator, beta, &p.chosen, &p.u_chosen, &p.u_rejected), reduction))
+    })?;
+    Ok(PyTensor(out))
+}
+
+pub(crate) fn check_beta(beta: f64) -> Result<()> {
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(Error::value(format!("beta must be a positive finite number, got {beta}")));
+    }
+    Ok(())
+}
+
+/// The TRL-named metrics of SPEC §3, as detached Python floats.
+#[pyfunction]
+#[pyo3(signature = (chosen_logps, rejected_logps, ref_chosen_logps = None, ref_rejected_logps = None))]
+pub fn preference_metrics<'py>(
+    py: Python<'py>,
+    chosen_logps: PyTensor,
+    rejected_logps: PyTensor,
+    ref_chosen_logps: Option<PyTensor>,
+    ref_rejected_logps: Option<PyTensor>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let values = py.allow_threads(move || -> Result<Vec<(&'static str, f64)>> {
+        let _guard = tch::no_grad_guard();
+        let p = pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
+        let mean = |t: &Tensor| t.mean(Kind::Double).double_value(&[]);
+        let margins = &p.u_chosen - &p.u_rejected;
+        Ok(vec![
+            ("rewards/chosen", mean(&p.u_chosen)),
+            ("rewards/rejected", mean(&p.u_rejected)),
+            ("rewards/margins", mean(&margins)),
+            ("rewards/accuracies", mean(&margins.gt(0.0))),
+            ("logps/chosen", mean(&p.chosen)),
+            ("logps/rejected", mean(&p.rejected)),
+        ])
+    })?;
+    let dict = PyDict::new(py);
+    for (name, value) in values {
+        dict.set_item(name, value)?;
+    }
+    Ok(dict)
+}
