@@ -3,11 +3,19 @@
 //! This file only registers functions; the work lives in:
 //! - `kernels/`: pure Rust on slices (no torch, no Python), covered by `cargo test`;
 //! - `losses.rs`: the loss formulas, one source of truth for tensors and plain numbers;
-//! - `torch.rs`: bindings for `torch.Tensor` arguments (validation, GIL release, dispatch).
+//! - `torch.rs`: bindings for `torch.Tensor` arguments (validation, GIL release, libtorch ops);
+//! - `numpy.rs`: the same kernels and formulas on numpy arrays;
+//! - `fused_cpu.rs`: tensor bindings of the fused CPU kernels; `threads.rs`: their thread pool;
+//! - `fused_linear.rs`: log-probs from hidden states and the lm_head weight, chunked.
 use pyo3::prelude::*;
 
 pub mod error;
+pub mod fused_cpu;
+pub mod fused_linear;
+pub mod kernels;
 pub mod losses;
+pub mod numpy;
+pub mod threads;
 pub mod torch;
 
 #[pymodule]
@@ -19,5 +27,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(torch::simper_loss, m)?)?;
     m.add_function(wrap_pyfunction!(torch::dil_loss, m)?)?;
     m.add_function(wrap_pyfunction!(torch::preference_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(torch::token_stats_torch, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cpu::fused_token_logps_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cpu::fused_token_logps_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cpu::kernel_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_linear::linear_chunk_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_linear::check_linear_logps_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(numpy::numpy_token_logps, m)?)?;
+    m.add_function(wrap_pyfunction!(numpy::numpy_sequence_logps, m)?)?;
+    m.add_function(wrap_pyfunction!(numpy::numpy_simper_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(numpy::numpy_dil_loss, m)?)?;
     Ok(())
 }

@@ -29,7 +29,7 @@ pub(crate) fn dtype_name(kind: Kind) -> &'static str {
     }
 }
 
-fn is_float(kind: Kind) -> bool {
+pub(crate) fn is_float(kind: Kind) -> bool {
     matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
 }
 
@@ -64,6 +64,23 @@ pub(crate) fn check_logits_labels(
             dtype_name(logits.kind())
         )));
     }
+    let source = LabelSource { name: "logits", batch: lsize[0], seq_len: lsize[1], vocab: lsize[2], device: logits.device() };
+    check_labels(labels, &source, ignore_index, shift, require_tokens)
+}
+
+/// What the labels are checked against: the tensor they pair with (logits, or hidden states for
+/// the fused-linear op), its batch and sequence sizes, the vocabulary size and the device.
+pub(crate) struct LabelSource {
+    pub name: &'static str,
+    pub batch: i64,
+    pub seq_len: i64,
+    pub vocab: i64,
+    pub device: tch::Device,
+}
+
+/// Label checks shared by every op: dtype, shape, device, shift length, vocabulary range and,
+/// with `require_tokens`, at least one response token per row.
+pub(crate) fn check_labels(labels: &Tensor, source: &LabelSource, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<i64> {
     let ysize = labels.size();
     if ysize.len() != 2 {
         return Err(Error::value(format!(
@@ -76,22 +93,24 @@ pub(crate) fn check_logits_labels(
             dtype_name(labels.kind())
         )));
     }
-    if ysize[..] != lsize[..2] {
+    let expected = [source.batch, source.seq_len];
+    if ysize[..] != expected[..] {
         return Err(Error::value(format!(
-            "labels shape {ysize:?} must equal the first two dimensions of logits {:?}",
-            &lsize[..2]
+            "labels shape {ysize:?} must equal the first two dimensions of {} {expected:?}",
+            source.name
         )));
     }
-    if logits.device() != labels.device() {
+    if source.device != labels.device() {
         return Err(Error::value(format!(
-            "logits and labels must be on the same device, got logits on {:?} and labels on {:?}",
-            logits.device(),
-            labels.device()
+            "{name} and labels must be on the same device, got {name} on {:?} and labels on {:?}",
+            source.device,
+            labels.device(),
+            name = source.name
         )));
     }
-    let (seq_len, vocab) = (lsize[1], lsize[2]);
+    let (seq_len, vocab) = (source.seq_len, source.vocab);
     if vocab < 1 {
-        return Err(Error::value("logits has an empty vocabulary dimension (vocab = 0)"));
+        return Err(Error::value("the vocabulary is empty (vocab = 0)"));
     }
     if shift && seq_len < 2 {
         return Err(Error::value(format!(
@@ -110,7 +129,7 @@ pub(crate) fn check_logits_labels(
             "labels[{row}, {col}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
         )));
     }
-    if require_tokens && lsize[0] > 0 {
+    if require_tokens && source.batch > 0 {
         let counts = used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64);
         let empty = counts.eq(0);
         if empty.any().int64_value(&[]) != 0 {
@@ -336,4 +355,30 @@ pub fn preference_metrics<'py>(
         dict.set_item(name, value)?;
     }
     Ok(dict)
+}
+
+/// Per-token entropy and argmax == label (as 0/1) through libtorch ops, 0 where ignored.
+pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    let x = shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind()));
+    let y = shifted_labels(labels, shift);
+    let mask = y.ne(ignore_index);
+    let logp = x.log_softmax(-1, None);
+    // p·log p with p = 0 contributes 0 (not 0·-inf).
+    let plogp = logp.exp() * &logp;
+    let plogp = plogp.where_scalarother(&logp.isfinite(), 0.0);
+    let entropy = plogp.sum_dim_intlist(-1, false, None).neg().where_scalarother(&mask, 0.0);
+    let correct = x.argmax(-1, false).eq_tensor(&y).logical_and(&mask).to_kind(x.kind());
+    (entropy, correct)
+}
+
+/// Per-token (entropy, argmax == label) through libtorch ops, each [B, T'], 0 where ignored.
+#[pyfunction]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true))]
+pub fn token_stats_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<(PyTensor, PyTensor)> {
+    let (entropy, correct) = py.allow_threads(move || -> Result<(Tensor, Tensor)> {
+        check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
+        Ok(reference_token_stats(&logits, &labels, ignore_index, shift))
+    })?;
+    Ok((PyTensor(entropy), PyTensor(correct)))
 }

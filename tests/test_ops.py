@@ -6,17 +6,19 @@ import reference as ref
 import simper_rs
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+BACKENDS = ["rust", "torch"]
 
 
 def tolerance(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shift", [True, False])
-def test_token_logps_values_and_grads(dtype, shift):
+def test_token_logps_values_and_grads(dtype, shift, backend):
     logits, labels = ref.make_batch(dtype=dtype)
-    ours = simper_rs.token_logps(logits, labels, shift=shift)
+    ours = simper_rs.token_logps(logits, labels, shift=shift, backend=backend)
     theirs = ref.token_logps(logits, labels, shift=shift)
     assert ours.dtype == torch.float32
     assert ours.shape == (logits.shape[0], logits.shape[1] - int(shift))
@@ -28,12 +30,13 @@ def test_token_logps_values_and_grads(dtype, shift):
     torch.testing.assert_close(g_ours.float(), g_ref.float(), **tolerance(dtype))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("average", [True, False])
 @pytest.mark.parametrize("shift", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sequence_logps_values_and_grads(average, shift, dtype):
+def test_sequence_logps_values_and_grads(average, shift, dtype, backend):
     logits, labels = ref.make_batch(dtype=dtype, seed=7)
-    ours = simper_rs.sequence_logps(logits, labels, average=average, shift=shift)
+    ours = simper_rs.sequence_logps(logits, labels, average=average, shift=shift, backend=backend)
     theirs = ref.sequence_logps(logits, labels, average=average, shift=shift)
     torch.testing.assert_close(ours, theirs, **tolerance(dtype))
     (g_ours,) = torch.autograd.grad(ours.sum(), logits)
@@ -48,30 +51,38 @@ def test_custom_ignore_index():
     torch.testing.assert_close(ours, ref.sequence_logps(logits, labels, ignore_index=-1))
 
 
-def test_non_contiguous_inputs_are_honoured():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs_are_honoured(backend):
     logits, labels = ref.make_batch(seed=9, requires_grad=False)
     wide = torch.randn(logits.shape[0], logits.shape[1], logits.shape[2] * 2)
     strided = wide[:, :, ::2].copy_(logits).requires_grad_(False)
     transposed = logits.transpose(0, 1).contiguous().transpose(0, 1)
     for view in (strided, transposed):
         assert not view.is_contiguous()
-        torch.testing.assert_close(simper_rs.sequence_logps(view, labels), ref.sequence_logps(logits, labels))
+        torch.testing.assert_close(simper_rs.sequence_logps(view, labels, backend=backend), ref.sequence_logps(logits, labels))
+    # non-contiguous labels too
+    wide_labels = torch.stack([labels, labels], dim=-1)[..., 0]
+    assert not wide_labels.is_contiguous()
+    torch.testing.assert_close(simper_rs.sequence_logps(logits, wide_labels, backend=backend), ref.sequence_logps(logits, labels))
 
 
-def test_ignored_final_position_and_prompt_get_zero_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignored_final_position_and_prompt_get_zero_gradient(backend):
     logits, labels = ref.make_batch(seed=2)
-    simper_rs.sequence_logps(logits, labels).sum().backward()
+    simper_rs.sequence_logps(logits, labels, backend=backend).sum().backward()
     assert (logits.grad[:, -1] == 0).all()  # the last position predicts nothing
     ignored_rows = labels[:, 1:] == -100
     assert (logits.grad[:, :-1][ignored_rows] == 0).all()
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend):
     logits, labels = ref.make_batch(pairs=1, seq_len=4, vocab=5, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: simper_rs.sequence_logps(x, labels), (logits,))
-    assert torch.autograd.gradcheck(lambda x: simper_rs.token_logps(x, labels, shift=False), (logits,))
+    assert torch.autograd.gradcheck(lambda x: simper_rs.sequence_logps(x, labels, backend=backend), (logits,))
+    assert torch.autograd.gradcheck(lambda x: simper_rs.token_logps(x, labels, shift=False, backend=backend), (logits,))
 
 
-def test_float64_logits_give_float64_logps():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_logits_give_float64_logps(backend):
     logits, labels = ref.make_batch(dtype=torch.float64)
-    assert simper_rs.sequence_logps(logits, labels).dtype == torch.float64
+    assert simper_rs.sequence_logps(logits, labels, backend=backend).dtype == torch.float64

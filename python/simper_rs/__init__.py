@@ -21,13 +21,27 @@ from .losses import (  # noqa: E402
     dil_loss,
     simper_loss,
 )
-from .ops import sequence_logps, token_logps  # noqa: E402
+from .ops import (  # noqa: E402
+    BACKENDS,
+    linear_sequence_logps,
+    linear_sequence_logps_with_stats,
+    linear_token_logps,
+    sequence_logps,
+    sequence_logps_with_stats,
+    token_logps,
+)
+from . import numpy  # noqa: E402  (simper_rs.numpy: the same kernels on numpy arrays)
 
 __version__ = _core.__version__
 
 __all__ = [
     "token_logps",
     "sequence_logps",
+    "sequence_logps_with_stats",
+    "linear_token_logps",
+    "linear_sequence_logps",
+    "linear_sequence_logps_with_stats",
+    "BACKENDS",
     "simper_loss",
     "dil_loss",
     "SimPERLoss",

@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension ``simper_rs._core`` (use the public API in ``simper_rs``)."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 __version__: str
@@ -28,3 +29,34 @@ def preference_metrics(
     ref_chosen_logps: Optional[torch.Tensor] = None,
     ref_rejected_logps: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]: ...
+def token_stats_torch(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]: ...
+def fused_token_logps_forward(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, with_stats: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+def fused_token_logps_backward(
+    grad_logps: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+) -> torch.Tensor: ...
+def kernel_threads() -> int: ...
+def numpy_token_logps(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100, shift: bool = True) -> np.ndarray: ...
+def numpy_sequence_logps(
+    logits: np.ndarray, labels: np.ndarray, average: bool = True, ignore_index: int = -100, shift: bool = True
+) -> np.ndarray: ...
+def numpy_simper_loss(
+    chosen_logps: np.ndarray, rejected_logps: np.ndarray, reduction: str = "mean"
+) -> Tuple[Union[float, np.ndarray], np.ndarray, np.ndarray]: ...
+def numpy_dil_loss(
+    chosen_logps: np.ndarray,
+    rejected_logps: np.ndarray,
+    ref_chosen_logps: Optional[np.ndarray] = None,
+    ref_rejected_logps: Optional[np.ndarray] = None,
+    estimator: str = "lsif",
+    beta: float = 1.0,
+    reduction: str = "mean",
+) -> Tuple[Union[float, np.ndarray], np.ndarray, np.ndarray]: ...

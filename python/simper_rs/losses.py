@@ -22,13 +22,14 @@ from typing import Dict, Optional
 import torch
 
 from . import _core
-from .ops import sequence_logps
+from .ops import linear_sequence_logps_with_stats, sequence_logps_with_stats
 
 __all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS"]
 
 ESTIMATORS = ("lsif", "bce", "ukl", "cpc")
 
 
+@torch.compiler.disable  # a libtorch call made from Rust: opaque to torch.compile
 def simper_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """SimPER loss ``-exp(ℓ_w) + exp(ℓ_l)`` from average log-probs ``[P]`` of chosen and rejected.
 
@@ -37,6 +38,7 @@ def simper_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, red
     return _core.simper_loss(chosen_logps, rejected_logps, reduction=reduction)
 
 
+@torch.compiler.disable
 def dil_loss(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
@@ -79,27 +81,51 @@ class PreferenceLossOutput:
     rejected_logps: Optional[torch.Tensor] = None
 
 
-def _split_pairs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool):
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    batch = logits.shape[0] if logits.dim() > 0 else 0
-    if batch == 0 or batch % 2:
-        raise ValueError(
-            f"logits must hold a [chosen; rejected] batch: the P chosen sequences then the P rejected ones "
-            f"(an even, non-zero batch size), got batch size {batch}"
-        )
-    logps = sequence_logps(logits, labels, average=True, ignore_index=ignore_index, shift=shift)
-    return logps[: batch // 2], logps[batch // 2 :]
-
-
 class _PreferenceLoss(torch.nn.Module):
-    def __init__(self, *, ignore_index: int = -100, shift: bool = True) -> None:
+    def __init__(self, *, ignore_index: int = -100, shift: bool = True, backend: str = "auto", return_stats: bool = True) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.shift = bool(shift)
+        self.backend = backend
+        self.return_stats = bool(return_stats)
 
-    def _output(self, loss, chosen, rejected, ref_chosen=None, ref_rejected=None) -> PreferenceLossOutput:
+    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None):
+        """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
+
+        From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and
+        ``lm_head_weight`` (+ optional ``lm_head_bias``).
+        """
+        if hidden is not None:
+            if logits is not None:
+                raise ValueError("pass either logits, or hidden with lm_head_weight, not both")
+            if lm_head_weight is None:
+                raise ValueError("hidden needs lm_head_weight (the [vocab, hidden_size] output projection) too")
+            source, name = hidden, "hidden"
+        else:
+            if logits is None:
+                raise TypeError("the loss needs logits, or hidden and lm_head_weight")
+            source, name = logits, "logits"
+        if not isinstance(source, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(source).__name__}")
+        batch = source.shape[0] if source.dim() > 0 else 0
+        if batch == 0 or batch % 2:
+            raise ValueError(
+                f"{name} must hold a [chosen; rejected] batch: the P chosen sequences then the P rejected ones "
+                f"(an even, non-zero batch size), got batch size {batch}"
+            )
+        options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats)
+        if hidden is not None:
+            logps, stats = linear_sequence_logps_with_stats(
+                hidden, lm_head_weight, labels, lm_head_bias, chunk_size=chunk_size, **options
+            )
+        else:
+            logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options)
+        return logps[: batch // 2], logps[batch // 2 :], stats
+
+    @torch.compiler.disable
+    def _output(self, loss, chosen, rejected, stats, ref_chosen=None, ref_rejected=None) -> PreferenceLossOutput:
         metrics = _core.preference_metrics(chosen, rejected, ref_chosen, ref_rejected)
+        metrics.update(stats)
         return PreferenceLossOutput(loss=loss, metrics=metrics, chosen_logps=chosen, rejected_logps=rejected)
 
 
@@ -109,11 +135,28 @@ class SimPERLoss(_PreferenceLoss):
     ``forward(logits, labels)`` takes logits ``[2P, T, V]`` and labels ``[2P, T]`` (the P chosen
     sequences, then the P rejected ones) and returns a :class:`PreferenceLossOutput` whose
     ``loss`` is the mean over pairs of ``-exp(ℓ_w) + exp(ℓ_l)``.
+
+    Options (keyword-only, shared with :class:`DILLoss`): ``ignore_index`` (-100), ``shift``
+    (True), ``backend`` ("auto", "rust" or "torch") and ``return_stats`` (True: adds ``entropy``
+    and ``mean_token_accuracy`` to the metrics, computed in the same pass over the logits).
+
+    Fused linear: ``loss_fn(hidden=h, lm_head_weight=W, labels=labels)`` (optionally
+    ``lm_head_bias`` and ``chunk_size``) takes the last hidden states ``[2P, T, H]`` instead of the
+    logits and never materialises the ``[2P, T, V]`` logits; same loss and metrics.
     """
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> PreferenceLossOutput:
-        chosen, rejected = _split_pairs(logits, labels, self.ignore_index, self.shift)
-        return self._output(simper_loss(chosen, rejected), chosen, rejected)
+    def forward(
+        self,
+        logits: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        *,
+        hidden: Optional[torch.Tensor] = None,
+        lm_head_weight: Optional[torch.Tensor] = None,
+        lm_head_bias: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
+    ) -> PreferenceLossOutput:
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size)
+        return self._output(simper_loss(chosen, rejected), chosen, rejected, stats)
 
 
 class DILLoss(_PreferenceLoss):
@@ -124,8 +167,17 @@ class DILLoss(_PreferenceLoss):
     ``torch.no_grad()``) turn the rewards into log-ratios u = ℓ_θ - ℓ_ref.
     """
 
-    def __init__(self, estimator: str = "lsif", beta: float = 1.0, *, ignore_index: int = -100, shift: bool = True) -> None:
-        super().__init__(ignore_index=ignore_index, shift=shift)
+    def __init__(
+        self,
+        estimator: str = "lsif",
+        beta: float = 1.0,
+        *,
+        ignore_index: int = -100,
+        shift: bool = True,
+        backend: str = "auto",
+        return_stats: bool = True,
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, shift=shift, backend=backend, return_stats=return_stats)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
         if not (isinstance(beta, (int, float)) and beta > 0 and beta != float("inf")):
@@ -135,16 +187,21 @@ class DILLoss(_PreferenceLoss):
 
     def forward(
         self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
+        logits: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
         ref_chosen_logps: Optional[torch.Tensor] = None,
         ref_rejected_logps: Optional[torch.Tensor] = None,
+        *,
+        hidden: Optional[torch.Tensor] = None,
+        lm_head_weight: Optional[torch.Tensor] = None,
+        lm_head_bias: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected = _split_pairs(logits, labels, self.ignore_index, self.shift)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size)
         loss = dil_loss(
             chosen, rejected, ref_chosen_logps, ref_rejected_logps, estimator=self.estimator, beta=self.beta
         )
-        return self._output(loss, chosen, rejected, ref_chosen_logps, ref_rejected_logps)
+        return self._output(loss, chosen, rejected, stats, ref_chosen_logps, ref_rejected_logps)
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}, beta={self.beta}"

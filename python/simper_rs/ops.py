@@ -7,14 +7,190 @@ Conventions (those of HuggingFace and TRL):
 * With ``shift=True`` (the default) the logits at position ``t`` predict the label at ``t + 1``;
   the shift is a view, the logits are never copied. Use ``shift=False`` for aligned inputs.
 * Log-probs are float32 (float64 for float64 logits); accumulation is always in float32 or wider.
+
+Backends: ``"rust"`` is the fused CPU kernel (one pass over each logits row forward, one
+backward, no ``[B, T, V]`` intermediate); ``"torch"`` is plain libtorch ops (any device, and the
+in-package reference); ``"auto"`` (default) takes ``"rust"`` for CPU tensors, else ``"torch"``.
 """
 from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from . import _core
 
-__all__ = ["token_logps", "sequence_logps"]
+__all__ = [
+    "token_logps",
+    "sequence_logps",
+    "sequence_logps_with_stats",
+    "linear_token_logps",
+    "linear_sequence_logps",
+    "linear_sequence_logps_with_stats",
+    "BACKENDS",
+]
+
+BACKENDS = ("auto", "rust", "torch")
+
+
+# -- the fused CPU op, registered with torch.library so autograd, opcheck and torch.compile see it
+
+
+@torch.library.custom_op("simper_rs::fused_token_logps", mutates_args=())
+def _fused_token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool, with_stats: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats)
+
+
+@_fused_token_logps.register_fake
+def _(logits, labels, ignore_index, shift, with_stats):
+    batch, positions = logits.shape[0], logits.shape[1] - int(shift)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    stats_shape = (batch, positions) if with_stats else (0,)
+    return (
+        logits.new_empty((batch, positions), dtype=dtype),
+        logits.new_empty((batch, positions), dtype=dtype),
+        logits.new_empty(stats_shape, dtype=dtype),
+        logits.new_empty(stats_shape, dtype=dtype),
+    )
+
+
+@torch.library.custom_op("simper_rs::fused_token_logps_backward", mutates_args=())
+def _fused_token_logps_backward(
+    grad_logps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int, shift: bool
+) -> torch.Tensor:
+    return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift)
+
+
+@_fused_token_logps_backward.register_fake
+def _(grad_logps, logits, labels, lse, ignore_index, shift):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, labels, ignore_index, shift, _ = inputs
+    _, lse, entropy, correct = output
+    ctx.save_for_backward(logits, labels, lse)
+    ctx.ignore_index, ctx.shift = ignore_index, shift
+    ctx.mark_non_differentiable(lse, entropy, correct)
+
+
+def _backward(ctx, grad_logps, _grad_lse, _grad_entropy, _grad_correct):
+    logits, labels, lse = ctx.saved_tensors
+    grad = _fused_token_logps_backward(grad_logps, logits, labels, lse, ctx.ignore_index, ctx.shift)
+    return grad, None, None, None, None
+
+
+_fused_token_logps.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- the fused-linear op: hidden states + lm_head weight -> log-probs, logits never materialised
+
+
+@torch.library.custom_op("simper_rs::linear_token_logps", mutates_args=())
+def _linear_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    chunk_size: Optional[int],
+    with_stats: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _core.linear_token_logps_forward(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats)
+
+
+@_linear_token_logps.register_fake
+def _(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats):
+    batch, positions = hidden.shape[0], hidden.shape[1] - int(shift)
+    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    stats_shape = (batch, positions) if with_stats else (0,)
+    return (
+        hidden.new_empty((batch, positions), dtype=dtype),
+        hidden.new_empty((batch, positions), dtype=dtype),
+        hidden.new_empty(stats_shape, dtype=dtype),
+        hidden.new_empty(stats_shape, dtype=dtype),
+    )
+
+
+@torch.library.custom_op("simper_rs::linear_token_logps_backward", mutates_args=())
+def _linear_token_logps_backward(
+    grad_logps: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    chunk_size: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_hidden, grad_weight, grad_bias = _core.linear_token_logps_backward(
+        grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size
+    )
+    # custom ops return tensors only: an empty tensor stands for "no bias".
+    return grad_hidden, grad_weight, grad_bias if grad_bias is not None else hidden.new_empty(0)
+
+
+@_linear_token_logps_backward.register_fake
+def _(grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size):
+    grad_bias = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
+    return torch.empty_like(hidden), torch.empty_like(weight), grad_bias
+
+
+def _linear_setup_context(ctx, inputs, output):
+    hidden, weight, bias, labels, ignore_index, shift, chunk_size, _ = inputs
+    _, lse, entropy, correct = output
+    ctx.save_for_backward(hidden, weight, bias, labels, lse)
+    ctx.ignore_index, ctx.shift, ctx.chunk_size = ignore_index, shift, chunk_size
+    ctx.mark_non_differentiable(lse, entropy, correct)
+
+
+def _linear_backward(ctx, grad_logps, _grad_lse, _grad_entropy, _grad_correct):
+    hidden, weight, bias, labels, lse = ctx.saved_tensors
+    grad_hidden, grad_weight, grad_bias = _linear_token_logps_backward(
+        grad_logps, hidden, weight, bias, labels, lse, ctx.ignore_index, ctx.shift, ctx.chunk_size
+    )
+    return grad_hidden, grad_weight, (grad_bias if bias is not None else None), None, None, None, None, None
+
+
+_linear_token_logps.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+
+# -- public functions
+
+# libtorch calls made from Rust are opaque to torch.compile: run them eagerly (a clean graph break).
+_check_logps_inputs = torch.compiler.disable(_core.check_logps_inputs)
+_token_logps_torch = torch.compiler.disable(_core.token_logps_torch)
+_token_stats_torch = torch.compiler.disable(_core.token_stats_torch)
+_reduce_sequence_logps = torch.compiler.disable(_core.reduce_sequence_logps)
+_check_linear_inputs = torch.compiler.disable(_core.check_linear_logps_inputs)
+
+
+def _resolve_backend(backend: str, logits: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if backend == "auto":
+        return "rust" if logits.device.type == "cpu" else "torch"
+    if backend == "rust" and logits.device.type != "cpu":
+        raise ValueError(
+            f"backend='rust' runs on CPU tensors, but logits are on {logits.device}; "
+            "use backend='auto' to pick the right kernel"
+        )
+    return backend
+
+
+def _token_logps_and_stats(logits, labels, ignore_index, shift, backend, with_stats):
+    if _resolve_backend(backend, logits) == "rust":
+        logps, _, entropy, correct = _fused_token_logps(logits, labels, ignore_index, shift, with_stats)
+        return logps, (entropy, correct)
+    logps = _token_logps_torch(logits, labels, ignore_index, shift)
+    stats = _token_stats_torch(logits, labels, ignore_index, shift) if with_stats else None
+    return logps, stats
 
 
 def token_logps(
@@ -23,13 +199,14 @@ def token_logps(
     *,
     ignore_index: int = -100,
     shift: bool = True,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Per-token log-probabilities ``log softmax(logits)[label]``, 0 where the label is ignored.
 
     Returns ``[B, T-1]`` with ``shift=True`` (entry ``t`` is the log-prob of ``labels[:, t+1]``),
     else ``[B, T]``. Differentiable with respect to ``logits``.
     """
-    return _core.token_logps_torch(logits, labels, ignore_index=ignore_index, shift=shift)
+    return _token_logps_and_stats(logits, labels, ignore_index, shift, backend, False)[0]
 
 
 def sequence_logps(
@@ -39,6 +216,7 @@ def sequence_logps(
     average: bool = True,
     ignore_index: int = -100,
     shift: bool = True,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Per-sequence log-probabilities ``[B]`` over the response tokens.
 
@@ -46,6 +224,102 @@ def sequence_logps(
     use; ``average=False`` gives the sum. A row with no response tokens has no average and
     raises ``ValueError`` naming the row.
     """
-    _core.check_logps_inputs(logits, labels, ignore_index=ignore_index, shift=shift, require_tokens=average)
-    tokens = token_logps(logits, labels, ignore_index=ignore_index, shift=shift)
-    return _core.reduce_sequence_logps(tokens, labels, ignore_index=ignore_index, shift=shift, average=average)
+    return sequence_logps_with_stats(
+        logits, labels, average=average, ignore_index=ignore_index, shift=shift, backend=backend, return_stats=False
+    )[0]
+
+
+def sequence_logps_with_stats(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = True,
+    ignore_index: int = -100,
+    shift: bool = True,
+    backend: str = "auto",
+    return_stats: bool = True,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """:func:`sequence_logps` plus, with ``return_stats``, two metrics over all response tokens
+    of the batch, computed in the same pass: ``entropy`` (mean predictive entropy, nats) and
+    ``mean_token_accuracy`` (fraction where argmax of the logits equals the label)."""
+    _resolve_backend(backend, logits)
+    _check_logps_inputs(logits, labels, ignore_index=ignore_index, shift=shift, require_tokens=average)
+    tokens, stats = _token_logps_and_stats(logits, labels, ignore_index, shift, backend, return_stats)
+    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)
+
+
+def _reduce_with_stats(tokens, stats, labels, ignore_index, shift, average):
+    logps = _reduce_sequence_logps(tokens, labels, ignore_index=ignore_index, shift=shift, average=average)
+    metrics: Dict[str, float] = {}
+    if stats is not None:
+        entropy, correct = stats
+        count = max(int((labels[:, 1:] if shift else labels).ne(ignore_index).sum()), 1)
+        metrics = {"entropy": float(entropy.sum()) / count, "mean_token_accuracy": float(correct.sum()) / count}
+    return logps, metrics
+
+
+def linear_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    ignore_index: int = -100,
+    shift: bool = True,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Per-token log-probs from the last hidden states, never materialising the logits.
+
+    Equal to ``token_logps(hidden @ weight.T + bias, labels)`` but computed ``chunk_size``
+    positions at a time (default: what keeps one chunk's logits near 64 MiB), recomputing each
+    chunk's logits in backward. ``hidden`` is ``[B, T, H]``, ``weight`` is ``[V, H]`` (an
+    ``lm_head.weight``), ``bias`` is ``[V]`` or None. Differentiable in hidden, weight and bias.
+    Positions whose label is ignored cost nothing.
+    """
+    return _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, False)[0]
+
+
+def _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, with_stats):
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int (positions per chunk) or None, got {chunk_size!r}")
+    logps, _, entropy, correct = _linear_token_logps(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats)
+    return logps, (entropy, correct)
+
+
+def linear_sequence_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    average: bool = True,
+    ignore_index: int = -100,
+    shift: bool = True,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Per-sequence log-probs ``[B]`` from hidden states; see :func:`linear_token_logps` and
+    :func:`sequence_logps`."""
+    return linear_sequence_logps_with_stats(
+        hidden, weight, labels, bias, average=average, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, return_stats=False
+    )[0]
+
+
+def linear_sequence_logps_with_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    average: bool = True,
+    ignore_index: int = -100,
+    shift: bool = True,
+    chunk_size: Optional[int] = None,
+    return_stats: bool = True,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """:func:`linear_sequence_logps` plus the ``entropy`` and ``mean_token_accuracy`` metrics."""
+    if average:  # every row needs a response token to have an average; checked before any work
+        _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=True)
+    tokens, stats = _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, return_stats)
+    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)

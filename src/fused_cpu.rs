@@ -1,0 +1,183 @@
+//! Tensor bindings of the fused CPU kernels (`kernels::logps`): validate, release the GIL,
+//! borrow the tensors' memory as slices (honouring strides), and run on the kernel pool.
+//!
+//! Autograd is registered in Python (`simper_rs.ops`, `torch.library.custom_op`), whose
+//! backward calls [`fused_token_logps_backward`].
+use half::{bf16, f16};
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::kernels::element::Logit;
+use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
+use crate::threads;
+use crate::torch::{accumulation_kind, check_logits_labels, dtype_name};
+
+impl From<KernelError> for Error {
+    fn from(err: KernelError) -> Self {
+        Error::value(err.to_string())
+    }
+}
+
+/// Calls `$body` with `$E` bound to the Rust element type of a logits dtype.
+macro_rules! with_logit_type {
+    ($kind:expr, $E:ident => $body:expr) => {
+        match $kind {
+            Kind::Float => { type $E = f32; $body }
+            Kind::Double => { type $E = f64; $body }
+            Kind::BFloat16 => { type $E = bf16; $body }
+            Kind::Half => { type $E = f16; $body }
+            other => Err(Error::type_(format!("logits must be float32, float64, bfloat16 or float16, got {}", dtype_name(other)))),
+        }
+    };
+}
+
+fn require_cpu(name: &str, tensor: &Tensor) -> Result<()> {
+    if tensor.device() != Device::Cpu {
+        return Err(Error::value(format!(
+            "backend='rust' runs on CPU tensors, but {name} is on {:?}; use backend='auto' to pick the right kernel",
+            tensor.device()
+        )));
+    }
+    Ok(())
+}
+
+/// The tensor's elements from its first one to its last one, as a slice.
+///
+/// SAFETY: `tensor` must hold elements of type `T` and outlive the slice; `len` must not reach
+/// past its storage.
+unsafe fn raw_slice<'a, T>(tensor: &'a Tensor, len: usize) -> &'a [T] {
+    if len == 0 {
+        return &[];
+    }
+    std::slice::from_raw_parts(tensor.data_ptr() as *const T, len)
+}
+
+/// SAFETY: as [`raw_slice`], and nothing else may access the tensor meanwhile.
+unsafe fn raw_slice_mut<'a, T>(tensor: &'a mut Tensor, len: usize) -> &'a mut [T] {
+    if len == 0 {
+        return &mut [];
+    }
+    std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut T, len)
+}
+
+/// A logits tensor whose vocabulary dimension is contiguous (copied only if it is not).
+fn rows_view(logits: &Tensor) -> Tensor {
+    if logits.stride()[2] == 1 || logits.size()[2] <= 1 {
+        logits.shallow_clone()
+    } else {
+        logits.contiguous()
+    }
+}
+
+fn logits_rows<E: Logit>(logits: &Tensor) -> Result<LogitsRows<'_, E>> {
+    let (size, stride) = (logits.size(), logits.stride());
+    let shape = [size[0] as usize, size[1] as usize, size[2] as usize];
+    let strides = [stride[0] as usize, stride[1] as usize];
+    let span = if shape.iter().any(|&n| n == 0) {
+        0
+    } else {
+        (shape[0] - 1) * strides[0] + (shape[1] - 1) * strides[1] + shape[2]
+    };
+    // SAFETY: the dtype was matched to E by the caller; the span ends at the last element.
+    let data = unsafe { raw_slice::<E>(logits, span) };
+    Ok(LogitsRows::new(data, shape, strides)?)
+}
+
+fn tensor_slice<T>(tensor: &Tensor) -> &[T] {
+    debug_assert!(tensor.is_contiguous());
+    // SAFETY: callers pass contiguous tensors of element type T.
+    unsafe { raw_slice(tensor, tensor.numel()) }
+}
+
+fn tensor_slice_mut<T>(tensor: &mut Tensor) -> &mut [T] {
+    let n = tensor.numel();
+    // SAFETY: freshly allocated contiguous tensors of element type T, owned by the caller.
+    unsafe { raw_slice_mut(tensor, n) }
+}
+
+pub(crate) type ForwardTensors = (Tensor, Tensor, Tensor, Tensor);
+
+pub(crate) fn forward(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
+    check_logits_labels(logits, labels, ignore_index, shift, false)?;
+    require_cpu("logits", logits)?;
+    let logits = rows_view(logits);
+    let labels = labels.contiguous();
+    let size = logits.size();
+    let used = size[1] - shift as i64;
+    let options = (accumulation_kind(logits.kind()), Device::Cpu);
+    let mut logps = Tensor::empty([size[0], used], options);
+    let mut lse = Tensor::empty([size[0], used], options);
+    let stats_shape: &[i64] = if with_stats { &[size[0], used] } else { &[0] };
+    let mut entropy = Tensor::empty(stats_shape, options);
+    let mut correct = Tensor::empty(stats_shape, options);
+    with_logit_type!(logits.kind(), E => {
+        let rows = logits_rows::<E>(&logits)?;
+        let out = ForwardOutputs {
+            logps: tensor_slice_mut(&mut logps),
+            lse: tensor_slice_mut(&mut lse),
+            stats: with_stats.then(|| (tensor_slice_mut(&mut entropy), tensor_slice_mut(&mut correct))),
+        };
+        let labels = tensor_slice::<i64>(&labels);
+        threads::install(|| logps::forward::<E>(&rows, labels, ignore_index, shift, out))?;
+        Ok(())
+    })?;
+    Ok((logps, lse, entropy, correct))
+}
+
+pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool) -> Result<Tensor> {
+    require_cpu("logits", logits)?;
+    let logits = rows_view(logits);
+    let labels = labels.contiguous();
+    let acc = accumulation_kind(logits.kind());
+    let grad_logps = grad_logps.to_kind(acc).contiguous();
+    let lse = lse.to_kind(acc).contiguous();
+    let mut grad = Tensor::empty(logits.size(), (logits.kind(), Device::Cpu));
+    with_logit_type!(logits.kind(), E => {
+        let rows = logits_rows::<E>(&logits)?;
+        let out = tensor_slice_mut::<E>(&mut grad);
+        let (labels, upstream, lse) = (tensor_slice::<i64>(&labels), tensor_slice(&grad_logps), tensor_slice(&lse));
+        threads::install(|| logps::backward::<E>(&rows, labels, ignore_index, shift, upstream, lse, out))?;
+        Ok(())
+    })?;
+    Ok(grad)
+}
+
+/// Fused forward on CPU: (token log-probs, logsumexp, entropy, argmax == label), each [B, T'];
+/// the two statistics are empty tensors unless `with_stats`.
+#[pyfunction]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, with_stats = false))]
+pub fn fused_token_logps_forward(
+    py: Python<'_>,
+    logits: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    with_stats: bool,
+) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
+    let (a, b, c, d) = py.allow_threads(move || forward(&logits, &labels, ignore_index, shift, with_stats))?;
+    Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
+}
+
+/// Fused backward on CPU: the gradient of the logits (a fresh tensor in their dtype).
+#[pyfunction]
+#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index = -100, shift = true))]
+pub fn fused_token_logps_backward(
+    py: Python<'_>,
+    grad_logps: PyTensor,
+    logits: PyTensor,
+    labels: PyTensor,
+    lse: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+) -> PyResult<PyTensor> {
+    let grad = py.allow_threads(move || backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift))?;
+    Ok(PyTensor(grad))
+}
+
+/// Number of threads the CPU kernels use (`SIMPER_RS_NUM_THREADS`, else all cores).
+#[pyfunction]
+pub fn kernel_threads() -> usize {
+    threads::current_threads()
+}

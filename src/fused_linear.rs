@@ -1,0 +1,271 @@
+//! Fused-linear log-probs (SPEC §4): from the last hidden states and the `lm_head` weight, in
+//! chunks of positions, so that the `[B, T, V]` logits never exist.
+//!
+//! Forward, per chunk of labelled positions: logits_c = h_c·Wᵀ (+ b), then the per-row math of
+//! the fused kernel (CPU) or of the libtorch reference (other devices); only the log-probs and
+//! the logsumexp (one float per position) outlive the chunk. Backward recomputes logits_c, forms
+//! the row gradients G_c, and accumulates grad h_c = G_c·W, grad W += G_cᵀ·h_c, grad b += Σ G_c.
+//! Positions whose label is ignored are skipped entirely (no matmul, no softmax).
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::fused_cpu;
+use crate::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
+
+/// Bytes of one chunk's logits that the automatic chunk size aims for. Two such buffers (the
+/// logits and their gradient) are alive at once in the backward.
+const CHUNK_TARGET_BYTES: i64 = 64 << 20;
+
+/// Rows per chunk: `chunk_size` when given, else what keeps one chunk's logits near 64 MiB.
+fn chunk_rows(vocab: i64, kind: Kind, chunk_size: Option<i64>) -> i64 {
+    chunk_size.unwrap_or_else(|| linear_chunk_rows(vocab, kind.elt_size_in_bytes() as i64))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_linear_inputs(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, require_tokens: bool) -> Result<()> {
+    let hsize = hidden.size();
+    if hsize.len() != 3 {
+        return Err(Error::value(format!("hidden must be a 3-D tensor [batch, seq_len, hidden_size], got shape {hsize:?}")));
+    }
+    let wsize = weight.size();
+    if wsize.len() != 2 {
+        return Err(Error::value(format!("weight must be a 2-D tensor [vocab, hidden_size] (an lm_head.weight), got shape {wsize:?}")));
+    }
+    for (name, t) in [("hidden", hidden), ("weight", weight)] {
+        if !is_float(t.kind()) {
+            return Err(Error::type_(format!("{name} must be a floating-point tensor, got {}", dtype_name(t.kind()))));
+        }
+    }
+    if weight.kind() != hidden.kind() {
+        return Err(Error::type_(format!(
+            "weight dtype {} must equal hidden dtype {} (cast one of them, as the model's lm_head would)",
+            dtype_name(weight.kind()),
+            dtype_name(hidden.kind())
+        )));
+    }
+    if wsize[1] != hsize[2] {
+        return Err(Error::value(format!(
+            "weight is [vocab, hidden_size] = {wsize:?}, but hidden has hidden_size {} (shape {hsize:?})",
+            hsize[2]
+        )));
+    }
+    if weight.device() != hidden.device() {
+        return Err(Error::value(format!("weight is on {:?} but hidden on {:?}", weight.device(), hidden.device())));
+    }
+    if let Some(b) = bias {
+        if b.size() != [wsize[0]] {
+            return Err(Error::value(format!("bias must be a 1-D tensor [vocab] = [{}], got shape {:?}", wsize[0], b.size())));
+        }
+        if b.kind() != hidden.kind() {
+            return Err(Error::type_(format!("bias dtype {} must equal hidden dtype {}", dtype_name(b.kind()), dtype_name(hidden.kind()))));
+        }
+        if b.device() != hidden.device() {
+            return Err(Error::value(format!("bias is on {:?} but hidden on {:?}", b.device(), hidden.device())));
+        }
+    }
+    if let Some(c) = chunk_size {
+        if c < 1 {
+            return Err(Error::value(format!("chunk_size must be a positive number of positions, got {c}")));
+        }
+    }
+    let source = LabelSource { name: "hidden", batch: hsize[0], seq_len: hsize[1], vocab: wsize[0], device: hidden.device() };
+    check_labels(labels, &source, ignore_index, shift, require_tokens).map(|_| ())
+}
+
+/// Which hidden rows (flattened [B·T]) predict a label, and where their results go in the
+/// flattened [B·T'] outputs.
+struct LabelledRows {
+    hidden_rows: Tensor,
+    output_rows: Tensor,
+    targets: Tensor,
+}
+
+fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRows {
+    let used = shifted_labels(labels, shift);
+    let positions = used.size()[1];
+    let flat = used.reshape([-1]);
+    let output_rows = flat.ne(ignore_index).nonzero().reshape([-1]);
+    // Output row b·T' + t reads hidden row b·T + t: add b once per batch row when shifting.
+    let hidden_rows = if shift { &output_rows + output_rows.divide_scalar_mode(positions, "floor") } else { output_rows.shallow_clone() };
+    let targets = flat.index_select(0, &output_rows);
+    LabelledRows { hidden_rows, output_rows, targets }
+}
+
+fn chunk_logits(hidden_flat: &Tensor, weight: &Tensor, bias: Option<&Tensor>, rows: &Tensor) -> Tensor {
+    let h = hidden_flat.index_select(0, rows);
+    let logits = h.matmul(&weight.transpose(0, 1));
+    match bias {
+        Some(b) => logits + b,
+        None => logits,
+    }
+}
+
+type LinearForward = (Tensor, Tensor, Tensor, Tensor);
+
+#[allow(clippy::too_many_arguments)]
+fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, with_stats: bool) -> Result<LinearForward> {
+    check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, chunk_size, false)?;
+    let _guard = tch::no_grad_guard();
+    let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+    let used = t - shift as i64;
+    let acc = accumulation_kind(hidden.kind());
+    let options = (acc, hidden.device());
+    let mut logps = Tensor::zeros([b * used], options);
+    let mut lse = Tensor::zeros([b * used], options);
+    let stats_len = if with_stats { b * used } else { 0 };
+    let mut entropy = Tensor::zeros([stats_len], options);
+    let mut correct = Tensor::zeros([stats_len], options);
+    let rows = labelled_rows(labels, ignore_index, shift);
+    let hidden_flat = hidden.reshape([b * t, h]);
+    let total = rows.output_rows.size()[0];
+    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size);
+    let mut start = 0;
+    while start < total {
+        let n = step.min(total - start);
+        let logits = chunk_logits(&hidden_flat, weight, bias, &rows.hidden_rows.narrow(0, start, n)).unsqueeze(0);
+        let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
+        let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
+            fused_cpu::forward(&logits, &targets, ignore_index, false, with_stats)?
+        } else {
+            let lp = reference_token_logps(&logits, &targets, ignore_index, false);
+            let ls = logits.to_kind(acc).logsumexp(-1, false);
+            let (ent, cor) = if with_stats { reference_token_stats(&logits, &targets, ignore_index, false) } else { (Tensor::zeros([0], options), Tensor::zeros([0], options)) };
+            (lp, ls, ent, cor)
+        };
+        let out_rows = rows.output_rows.narrow(0, start, n);
+        let _ = logps.index_copy_(0, &out_rows, &lp.reshape([-1]));
+        let _ = lse.index_copy_(0, &out_rows, &ls.reshape([-1]));
+        if with_stats {
+            let _ = entropy.index_copy_(0, &out_rows, &ent.reshape([-1]));
+            let _ = correct.index_copy_(0, &out_rows, &cor.reshape([-1]));
+        }
+        start += n;
+    }
+    let shape = [b, used];
+    let stats_shape: &[i64] = if with_stats { &shape } else { &[0] };
+    Ok((logps.reshape(shape), lse.reshape(shape), entropy.reshape(stats_shape), correct.reshape(stats_shape)))
+}
+
+/// Row gradients g·(onehot(y) − softmax(x)) of one chunk through libtorch ops (non-CPU devices).
+fn reference_row_grads(logits: &Tensor, targets: &Tensor, lse: &Tensor, grad: &Tensor) -> Tensor {
+    let acc = accumulation_kind(logits.kind());
+    let probs = (logits.to_kind(acc) - lse.unsqueeze(-1)).exp();
+    let g = grad.unsqueeze(-1);
+    let rows = -(&probs * &g);
+    rows.scatter_add(-1, &targets.unsqueeze(-1), &g).to_kind(logits.kind())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let _guard = tch::no_grad_guard();
+    let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+    let acc = accumulation_kind(hidden.kind());
+    let rows = labelled_rows(labels, ignore_index, shift);
+    let hidden_flat = hidden.reshape([b * t, h]);
+    let grad_flat = grad_logps.to_kind(acc).reshape([-1]);
+    let lse_flat = lse.to_kind(acc).reshape([-1]);
+    // Gradients accumulate across chunks in float32 (float64 for float64), cast once at the end.
+    let mut grad_hidden = Tensor::zeros([b * t, h], (acc, hidden.device()));
+    let mut grad_weight = Tensor::zeros(weight.size(), (acc, weight.device()));
+    let mut grad_bias = bias.map(|bb| Tensor::zeros(bb.size(), (acc, bb.device())));
+    let total = rows.output_rows.size()[0];
+    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size);
+    let mut start = 0;
+    while start < total {
+        let n = step.min(total - start);
+        let hidden_rows = rows.hidden_rows.narrow(0, start, n);
+        let out_rows = rows.output_rows.narrow(0, start, n);
+        let h_c = hidden_flat.index_select(0, &hidden_rows);
+        let mut logits = h_c.matmul(&weight.transpose(0, 1));
+        if let Some(bb) = bias {
+            logits += bb;
+        }
+        let targets = rows.targets.narrow(0, start, n);
+        let g = grad_flat.index_select(0, &out_rows);
+        let l = lse_flat.index_select(0, &out_rows);
+        let row_grads = if hidden.device() == Device::Cpu {
+            fused_cpu::backward(&g.unsqueeze(0), &logits.unsqueeze(0), &targets.unsqueeze(0), &l.unsqueeze(0), ignore_index, false)?.squeeze_dim(0)
+        } else {
+            reference_row_grads(&logits, &targets, &l, &g)
+        };
+        drop(logits);
+        let _ = grad_hidden.index_add_(0, &hidden_rows, &row_grads.matmul(weight).to_kind(acc));
+        let _ = grad_weight.g_add_(&row_grads.transpose(0, 1).matmul(&h_c).to_kind(acc));
+        if let Some(gb) = &mut grad_bias {
+            let _ = gb.g_add_(&row_grads.sum_dim_intlist(0, false, acc));
+        }
+        start += n;
+    }
+    Ok((
+        grad_hidden.reshape([b, t, h]).to_kind(hidden.kind()),
+        grad_weight.to_kind(weight.kind()),
+        grad_bias.map(|gb| gb.to_kind(weight.kind())),
+    ))
+}
+
+/// Validate fused-linear inputs as the public functions do; raises on bad input.
+#[pyfunction]
+#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, require_tokens = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn check_linear_logps_inputs(
+    py: Python<'_>,
+    hidden: PyTensor,
+    weight: PyTensor,
+    bias: Option<PyTensor>,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> PyResult<()> {
+    py.allow_threads(move || check_linear_inputs(&hidden, &weight, bias.as_deref(), &labels, ignore_index, shift, None, require_tokens))?;
+    Ok(())
+}
+
+/// Fused-linear forward: (token log-probs, logsumexp, entropy, argmax == label), each [B, T']
+/// (the statistics empty unless `with_stats`). No autograd: see `simper_rs.ops`.
+#[pyfunction]
+#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, chunk_size = None, with_stats = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_token_logps_forward(
+    py: Python<'_>,
+    hidden: PyTensor,
+    weight: PyTensor,
+    bias: Option<PyTensor>,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    with_stats: bool,
+) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
+    let (a, b, c, d) = py.allow_threads(move || forward(&hidden, &weight, bias.as_deref(), &labels, ignore_index, shift, chunk_size, with_stats))?;
+    Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
+}
+
+/// Fused-linear backward: (grad hidden, grad weight, grad bias or None).
+#[pyfunction]
+#[pyo3(signature = (grad_logps, hidden, weight, bias, labels, lse, ignore_index = -100, shift = true, chunk_size = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_token_logps_backward(
+    py: Python<'_>,
+    grad_logps: PyTensor,
+    hidden: PyTensor,
+    weight: PyTensor,
+    bias: Option<PyTensor>,
+    labels: PyTensor,
+    lse: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+) -> PyResult<(PyTensor, PyTensor, Option<PyTensor>)> {
+    let (gh, gw, gb) = py.allow_threads(move || backward(&grad_logps, &hidden, &weight, bias.as_deref(), &labels, &lse, ignore_index, shift, chunk_size))?;
+    Ok((PyTensor(gh), PyTensor(gw), gb.map(PyTensor)))
+}
+
+/// The chunk size (positions) the fused-linear op picks for a vocabulary size and the logits'
+/// element size in bytes.
+#[pyfunction]
+pub fn linear_chunk_rows(vocab: i64, dtype_bytes: i64) -> i64 {
+    (CHUNK_TARGET_BYTES / (vocab.max(1) * dtype_bytes.max(1))).clamp(1, 1 << 16)
+}

@@ -1,0 +1,620 @@
+//! The fused masked log-prob reduction of SPEC §4, on slices.
+//!
+//! Forward, per row x (the logits that predict one label y): m = max x, s = Σ exp(x − m),
+//! lse = m + ln s, logp = x[y] − lse; optionally the entropy ln s − Σ (x−m)·exp(x−m)/s and
+//! whether argmax x == y. Backward: grad x = g·(onehot(y) − exp(x − lse)), written into a fresh
+//! buffer. Ignored rows (label == ignore_index) output 0 and never read their logits.
+//!
+//! Each row is reduced sequentially in a fixed lane order, so results are bit-identical for any
+//! number of threads. Rows are spread over rayon's current pool.
+use rayon::prelude::*;
+
+use super::element::{Accum, Logit};
+
+/// Why a kernel refused its arguments (the bindings validate first; this is the last line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    /// A buffer is shorter than its layout needs.
+    BufferTooShort { name: &'static str, needed: usize, got: usize },
+    /// A label is neither ignore_index nor a valid vocabulary index.
+    LabelOutOfRange { batch: usize, position: usize, value: i64, vocab: usize },
+    /// The layout itself is impossible (sizes overflow, or shift on fewer than 2 positions).
+    BadLayout(String),
+    /// A row has no response tokens, so it has no average log-probability.
+    EmptyRow { row: usize },
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelError::BufferTooShort { name, needed, got } => {
+                write!(f, "{name} holds {got} elements but its shape needs {needed}")
+            }
+            KernelError::LabelOutOfRange { batch, position, value, vocab } => write!(
+                f,
+                "labels[{batch}, {position}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index"
+            ),
+            KernelError::BadLayout(msg) => f.write_str(msg),
+            KernelError::EmptyRow { row } => write!(
+                f,
+                "row {row} of labels has no response tokens (every label is ignore_index), so its average log-probability is undefined"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Logits `[batch, positions, vocab]` in a slice, with any batch and position strides (in
+/// elements) and a contiguous vocabulary dimension: the causal shift is a view, not a copy.
+#[derive(Clone, Copy, Debug)]
+pub struct LogitsRows<'a, E> {
+    data: &'a [E],
+    pub batch: usize,
+    pub positions: usize,
+    pub vocab: usize,
+    batch_stride: usize,
+    position_stride: usize,
+}
+
+impl<'a, E: Copy> LogitsRows<'a, E> {
+    pub fn new(
+        data: &'a [E],
+        [batch, positions, vocab]: [usize; 3],
+        [batch_stride, position_stride]: [usize; 2],
+    ) -> Result<Self, KernelError> {
+        let needed = if batch == 0 || positions == 0 || vocab == 0 {
+            0
+        } else {
+            (batch - 1)
+                .checked_mul(batch_stride)
+                .and_then(|a| (positions - 1).checked_mul(position_stride).and_then(|b| a.checked_add(b)))
+                .and_then(|a| a.checked_add(vocab))
+                .ok_or_else(|| KernelError::BadLayout("logits layout overflows the address space".into()))?
+        };
+        if data.len() < needed {
+            return Err(KernelError::BufferTooShort { name: "logits", needed, got: data.len() });
+        }
+        Ok(Self { data, batch, positions, vocab, batch_stride, position_stride })
+    }
+
+    /// A contiguous `[batch, positions, vocab]` buffer.
+    pub fn contiguous(data: &'a [E], shape: [usize; 3]) -> Result<Self, KernelError> {
+        Self::new(data, shape, [shape[1] * shape[2], shape[2]])
+    }
+
+    #[inline(always)]
+    fn row(&self, b: usize, t: usize) -> &'a [E] {
+        let start = b * self.batch_stride + t * self.position_stride;
+        &self.data[start..start + self.vocab]
+    }
+}
+
+/// Positions per row that carry a label: `positions - 1` when shifting.
+fn labelled_positions(positions: usize, shift: bool) -> Result<usize, KernelError> {
+    if shift {
+        positions
+            .checked_sub(1)
+            .filter(|_| positions >= 2 || positions == 0)
+            .ok_or_else(|| KernelError::BadLayout("shift needs at least 2 positions per sequence".into()))
+    } else {
+        Ok(positions)
+    }
+}
+
+/// The label each logits row predicts, `None` where ignored; `labels` is `[batch, positions]`.
+fn check_labels(labels: &[i64], batch: usize, positions: usize, vocab: usize, shift: bool, ignore_index: i64) -> Result<(), KernelError> {
+    let needed = batch * positions;
+    if labels.len() != needed {
+        return Err(KernelError::BufferTooShort { name: "labels", needed, got: labels.len() });
+    }
+    let first = shift as usize;
+    for b in 0..batch {
+        for t in first..positions {
+            let value = labels[b * positions + t];
+            if value != ignore_index && (value < 0 || value as u64 >= vocab as u64) {
+                return Err(KernelError::LabelOutOfRange { batch: b, position: t, value, vocab });
+            }
+        }
+    }
+    Ok(())
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn row_max<E: Logit>(row: &[E]) -> E::Acc {
+    let mut lanes = [E::Acc::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            lanes[i] = lanes[i].max(chunk[i].load());
+        }
+    }
+    let mut m = E::Acc::NEG_INFINITY;
+    for v in lanes {
+        m = m.max(v);
+    }
+    for x in tail {
+        m = m.max(x.load());
+    }
+    m
+}
+
+/// Σ exp(x − m), and with `WEIGHTED` also Σ (x − m)·exp(x − m) (0 where exp underflows to 0).
+#[inline(always)]
+fn row_exp_sums<E: Logit, const WEIGHTED: bool>(row: &[E], m: E::Acc) -> (E::Acc, E::Acc) {
+    let zero = E::Acc::ZERO;
+    let mut sums = [zero; LANES];
+    let mut weighted = [zero; LANES];
+    let term = |x: E| {
+        let d = x.load() - m;
+        let e = d.exp();
+        (e, if e == zero { zero } else { d * e })
+    };
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            let (e, w) = term(chunk[i]);
+            sums[i] = sums[i] + e;
+            if WEIGHTED {
+                weighted[i] = weighted[i] + w;
+            }
+        }
+    }
+    let (mut s, mut sw) = (zero, zero);
+    for i in 0..LANES {
+        s = s + sums[i];
+        sw = sw + weighted[i];
+    }
+    for &x in tail {
+        let (e, w) = term(x);
+        s = s + e;
+        if WEIGHTED {
+            sw = sw + w;
+        }
+    }
+    (s, sw)
+}
+
+/// One row's forward results.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowForward<A> {
+    pub logp: A,
+    pub lse: A,
+    pub entropy: A,
+    pub correct: bool,
+}
+
+#[inline(always)]
+fn forward_row_impl<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+    let m = row_max(row);
+    let (s, sw) = if stats { row_exp_sums::<E, true>(row, m) } else { row_exp_sums::<E, false>(row, m) };
+    let log_s = s.ln();
+    let lse = m + log_s;
+    let target = row[label].load();
+    let (entropy, correct) = if stats {
+        // argmax is the first maximal index, as torch.argmax.
+        let correct = target == m && !row[..label].iter().any(|x| x.load() == m);
+        (log_s - sw / s, correct)
+    } else {
+        (E::Acc::ZERO, false)
+    };
+    RowForward { logp: target - lse, lse, entropy, correct }
+}
+
+#[inline(always)]
+fn backward_row_impl<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = E::store(-(grad * (x.load() - lse).exp()));
+    }
+    let p = (row[label].load() - lse).exp();
+    out[label] = E::store(grad * (E::Acc::ONE - p));
+}
+
+// The same row code compiled a second time with AVX2 + FMA enabled, picked at run time: wheels
+// target baseline x86-64, and the wider vectors roughly halve the time of these loops.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn forward_row_avx2<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+    forward_row_impl(row, label, stats)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn backward_row_avx2<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    backward_row_impl(row, out, label, grad, lse)
+}
+
+#[inline(always)]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Forward of one logits row for `label` (which must be `< row.len()`).
+pub fn forward_row<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+    assert!(label < row.len(), "label {label} outside a row of {}", row.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports the enabled features (checked just above).
+        return unsafe { forward_row_avx2(row, label, stats) };
+    }
+    forward_row_impl(row, label, stats)
+}
+
+fn backward_row<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports the enabled features (checked just above).
+        return unsafe { backward_row_avx2(row, out, label, grad, lse) };
+    }
+    backward_row_impl(row, out, label, grad, lse)
+}
+
+/// Outputs of [`forward`], each `[batch, labelled positions]` (row-major, contiguous).
+pub struct ForwardOutputs<'a, A> {
+    pub logps: &'a mut [A],
+    pub lse: &'a mut [A],
+    /// Per-token entropy and argmax-equals-label (1 or 0), computed only when present.
+    pub stats: Option<(&'a mut [A], &'a mut [A])>,
+}
+
+/// Rows per rayon task: enough work to amortise scheduling, few enough to balance.
+fn rows_per_task(vocab: usize) -> usize {
+    (16_384 / vocab.max(1)).clamp(1, 256)
+}
+
+/// Fused forward. `labels` is `[batch, positions]` contiguous; with `shift` the logits at
+/// position t predict the label at t + 1, and outputs have `positions - 1` columns.
+pub fn forward<E: Logit>(
+    logits: &LogitsRows<'_, E>,
+    labels: &[i64],
+    ignore_index: i64,
+    shift: bool,
+    out: ForwardOutputs<'_, E::Acc>,
+) -> Result<(), KernelError> {
+    let (batch, positions, vocab) = (logits.batch, logits.positions, logits.vocab);
+    let used = labelled_positions(positions, shift)?;
+    check_labels(labels, batch, positions, vocab, shift, ignore_index)?;
+    let rows = batch * used;
+    for (name, len) in [("logps", out.logps.len()), ("lse", out.lse.len())]
+        .into_iter()
+        .chain(out.stats.as_ref().map(|(e, c)| [("entropy", e.len()), ("correct", c.len())]).into_iter().flatten())
+    {
+        if len != rows {
+            return Err(KernelError::BufferTooShort { name, needed: rows, got: len });
+        }
+    }
+    let stats = out.stats.is_some();
+    let results: Vec<Option<RowForward<E::Acc>>> = (0..rows)
+        .into_par_iter()
+        .with_min_len(rows_per_task(vocab))
+        .map(|r| {
+            let (b, t) = (r / used, r % used);
+            let label = labels[b * positions + t + shift as usize];
+            (label != ignore_index).then(|| forward_row(logits.row(b, t), label as usize, stats))
+        })
+        .collect();
+    let zero = E::Acc::ZERO;
+    for (r, result) in results.iter().enumerate() {
+        let row = result.unwrap_or(RowForward { logp: zero, lse: zero, entropy: zero, correct: false });
+        out.logps[r] = row.logp;
+        out.lse[r] = row.lse;
+    }
+    if let Some((entropy, correct)) = out.stats {
+        for (r, result) in results.iter().enumerate() {
+            entropy[r] = result.map_or(zero, |row| row.entropy);
+            correct[r] = if result.is_some_and(|row| row.correct) { E::Acc::ONE } else { zero };
+        }
+    }
+    Ok(())
+}
+
+/// Fused backward into `grad` (`[batch, positions, vocab]`, contiguous, fully overwritten).
+/// `grad_logps` and `lse` are `[batch, labelled positions]` as [`forward`] produced them.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<E: Logit>(
+    logits: &LogitsRows<'_, E>,
+    labels: &[i64],
+    ignore_index: i64,
+    shift: bool,
+    grad_logps: &[E::Acc],
+    lse: &[E::Acc],
+    grad: &mut [E],
+) -> Result<(), KernelError> {
+    let (batch, positions, vocab) = (logits.batch, logits.positions, logits.vocab);
+    let used = labelled_positions(positions, shift)?;
+    check_labels(labels, batch, positions, vocab, shift, ignore_index)?;
+    let rows = batch * used;
+    for (name, len) in [("grad_logps", grad_logps.len()), ("lse", lse.len())] {
+        if len != rows {
+            return Err(KernelError::BufferTooShort { name, needed: rows, got: len });
+        }
+    }
+    let needed = batch * positions * vocab;
+    if grad.len() != needed {
+        return Err(KernelError::BufferTooShort { name: "grad", needed, got: grad.len() });
+    }
+    if vocab == 0 {
+        return Ok(());
+    }
+    let zero = E::store(E::Acc::ZERO);
+    grad.par_chunks_mut(vocab)
+        .with_min_len(rows_per_task(vocab))
+        .enumerate()
+        .for_each(|(r, out)| {
+            let (b, t) = (r / positions, r % positions);
+            // The last position predicts nothing when shifting; ignored labels get no gradient.
+            let label = if t < used { labels[b * positions + t + shift as usize] } else { ignore_index };
+            if label == ignore_index {
+                out.fill(zero);
+            } else {
+                let p = b * used + t;
+                backward_row(logits.row(b, t), out, label as usize, grad_logps[p], lse[p]);
+            }
+        });
+    Ok(())
+}
+
+/// Per-sequence sums (or means, with `average`) of token log-probs `[batch, used]` that are 0
+/// where the label (`labels`, `[batch, positions]`) is ignored.
+pub fn reduce_sequences<A: Accum>(
+    token_logps: &[A],
+    labels: &[i64],
+    batch: usize,
+    positions: usize,
+    shift: bool,
+    ignore_index: i64,
+    average: bool,
+) -> Result<Vec<A>, KernelError> {
+    let used = labelled_positions(positions, shift)?;
+    if token_logps.len() != batch * used {
+        return Err(KernelError::BufferTooShort { name: "token_logps", needed: batch * used, got: token_logps.len() });
+    }
+    if labels.len() != batch * positions {
+        return Err(KernelError::BufferTooShort { name: "labels", needed: batch * positions, got: labels.len() });
+    }
+    (0..batch)
+        .map(|b| {
+            let row_labels = &labels[b * positions + shift as usize..(b + 1) * positions];
+            let count = row_labels.iter().filter(|&&y| y != ignore_index).count();
+            let total = token_logps[b * used..(b + 1) * used].iter().fold(A::ZERO, |acc, &x| acc + x);
+            match (average, count) {
+                (false, _) => Ok(total),
+                (true, 0) => Err(KernelError::EmptyRow { row: b }),
+                (true, n) => Ok(total / A::from_f64(n as f64)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    /// Straightforward float64 log-softmax, the reference for everything below.
+    fn naive_log_softmax(row: &[f64]) -> Vec<f64> {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        row.iter().map(|x| x - lse).collect()
+    }
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    struct Case {
+        batch: usize,
+        positions: usize,
+        vocab: usize,
+        logits: Vec<f64>,
+        labels: Vec<i64>,
+    }
+
+    fn case(batch: usize, positions: usize, vocab: usize, scale: f64, seed: u64) -> Case {
+        let mut s = seed;
+        let logits = (0..batch * positions * vocab).map(|_| lcg(&mut s) * scale).collect();
+        let labels = (0..batch * positions)
+            .map(|i| if i % 5 == 1 { -100 } else { ((lcg(&mut s) + 1.0) * 0.5 * vocab as f64) as i64 % vocab as i64 })
+            .collect();
+        Case { batch, positions, vocab, logits, labels }
+    }
+
+    fn run_forward<E: Logit>(c: &Case, shift: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let data: Vec<E> = c.logits.iter().map(|&x| E::store(E::Acc::from_f64(x as f32 as f64))).collect();
+        let rows = LogitsRows::contiguous(&data, [c.batch, c.positions, c.vocab]).unwrap();
+        let n = c.batch * (c.positions - shift as usize);
+        let zero = E::Acc::ZERO;
+        let (mut lp, mut lse, mut ent, mut cor) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
+        forward(&rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+        let f = |v: Vec<E::Acc>| v.into_iter().map(|x| x.to_f64()).collect();
+        (f(lp), f(lse), f(ent), f(cor))
+    }
+
+    /// Reference forward on the values as `E` rounds them.
+    fn naive_forward(c: &Case, shift: bool, round: impl Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let used = c.positions - shift as usize;
+        let (mut lp, mut ent, mut cor) = (vec![], vec![], vec![]);
+        for b in 0..c.batch {
+            for t in 0..used {
+                let label = c.labels[b * c.positions + t + shift as usize];
+                let start = (b * c.positions + t) * c.vocab;
+                let row: Vec<f64> = c.logits[start..start + c.vocab].iter().map(|&x| round(x)).collect();
+                if label == -100 {
+                    lp.push(0.0);
+                    ent.push(0.0);
+                    cor.push(0.0);
+                    continue;
+                }
+                let ls = naive_log_softmax(&row);
+                lp.push(ls[label as usize]);
+                ent.push(-ls.iter().map(|l| l.exp() * l).sum::<f64>());
+                let argmax = (0..row.len()).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+                cor.push((argmax == label as usize) as i32 as f64);
+            }
+        }
+        (lp, ent, cor)
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "index {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn forward_matches_naive_for_each_dtype() {
+        for (vocab, shift) in [(1usize, true), (7, true), (33, false), (1000, true)] {
+            let c = case(3, 6, vocab, 4.0, vocab as u64);
+            let (want, want_ent, want_cor) = naive_forward(&c, shift, |x| x as f32 as f64);
+            let (lp, _, ent, cor) = run_forward::<f32>(&c, shift);
+            assert_close(&lp, &want, 1e-5);
+            assert_close(&ent, &want_ent, 1e-5);
+            assert_eq!(cor, want_cor);
+            let (lp, ..) = run_forward::<f64>(&c, shift);
+            assert_close(&lp, &want, 1e-6);
+            let (want, ..) = naive_forward(&c, shift, |x| bf16::from_f32(x as f32).to_f64());
+            let (lp, ..) = run_forward::<bf16>(&c, shift);
+            assert_close(&lp, &want, 1e-5);
+            let (want, ..) = naive_forward(&c, shift, |x| f16::from_f32(x as f32).to_f64());
+            let (lp, ..) = run_forward::<f16>(&c, shift);
+            assert_close(&lp, &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn vocab_of_one_gives_log_prob_zero() {
+        let c = case(2, 3, 1, 1.0, 1);
+        let (lp, _, ent, _) = run_forward::<f32>(&c, false);
+        assert!(lp.iter().all(|&x| x == 0.0) && ent.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn huge_and_tiny_logits_stay_finite() {
+        for scale in [1e4, 1e-6] {
+            let c = case(2, 4, 50, scale, 3);
+            let (want, ..) = naive_forward(&c, true, |x| x as f32 as f64);
+            let (lp, ..) = run_forward::<f32>(&c, true);
+            assert!(lp.iter().all(|x| x.is_finite()));
+            assert_close(&lp, &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn negative_infinity_entries_get_zero_probability() {
+        let mut row = vec![0.5f32, f32::NEG_INFINITY, 1.5, f32::NEG_INFINITY];
+        let r = forward_row(&row, 2, true);
+        let want = naive_log_softmax(&[0.5, f64::NEG_INFINITY, 1.5, f64::NEG_INFINITY]);
+        assert!((r.logp as f64 - want[2]).abs() < 1e-6);
+        assert!(r.entropy.is_finite() && r.correct);
+        assert_eq!(forward_row(&row, 1, false).logp, f32::NEG_INFINITY);
+        row[0] = f32::NAN;
+        assert!(forward_row(&row, 2, false).logp.is_nan());
+    }
+
+    #[test]
+    fn argmax_ties_resolve_to_the_first_index() {
+        let row = [2.0f32, 1.0, 2.0];
+        assert!(forward_row(&row, 0, true).correct);
+        assert!(!forward_row(&row, 2, true).correct);
+    }
+
+    #[test]
+    fn strided_rows_equal_contiguous_rows() {
+        let c = case(2, 5, 9, 2.0, 11);
+        // Embed each [positions, vocab] block in a wider buffer: batch stride 70, position stride 12.
+        let mut wide = vec![f32::NAN; 2 * 70];
+        for b in 0..2 {
+            for t in 0..5 {
+                for v in 0..9 {
+                    wide[b * 70 + t * 12 + v] = c.logits[(b * 5 + t) * 9 + v] as f32;
+                }
+            }
+        }
+        let rows = LogitsRows::new(&wide, [2, 5, 9], [70, 12]).unwrap();
+        let (mut lp, mut lse) = (vec![0f32; 8], vec![0f32; 8]);
+        forward(&rows, &c.labels, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        let (want, ..) = run_forward::<f32>(&c, true);
+        assert_close(&lp.iter().map(|&x| x as f64).collect::<Vec<_>>(), &want, 0.0);
+    }
+
+    #[test]
+    fn backward_matches_naive_gradient() {
+        for (vocab, shift) in [(1usize, true), (13, true), (64, false)] {
+            let c = case(2, 4, vocab, 3.0, 5);
+            let data: Vec<f64> = c.logits.clone();
+            let rows = LogitsRows::contiguous(&data, [2, 4, vocab]).unwrap();
+            let used = 4 - shift as usize;
+            let n = 2 * used;
+            let (mut lp, mut lse) = (vec![0.0; n], vec![0.0; n]);
+            forward(&rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+            let upstream: Vec<f64> = (0..n).map(|i| 0.3 + i as f64).collect();
+            let mut grad = vec![f64::NAN; 2 * 4 * vocab];
+            backward(&rows, &c.labels, -100, shift, &upstream, &lse, &mut grad).unwrap();
+            for b in 0..2 {
+                for t in 0..4 {
+                    let g = &grad[(b * 4 + t) * vocab..(b * 4 + t + 1) * vocab];
+                    let label = if t < used { c.labels[b * 4 + t + shift as usize] } else { -100 };
+                    if label == -100 {
+                        assert!(g.iter().all(|&x| x == 0.0));
+                        continue;
+                    }
+                    let start = (b * 4 + t) * vocab;
+                    let ls = naive_log_softmax(&c.logits[start..start + vocab]);
+                    let up = upstream[b * used + t];
+                    for (j, gj) in g.iter().enumerate() {
+                        let want = up * ((j == label as usize) as i32 as f64 - ls[j].exp());
+                        assert!((gj - want).abs() < 1e-9, "{gj} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let c = case(4, 16, 300, 5.0, 9);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run_forward::<f32>(&c, true));
+        let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| run_forward::<f32>(&c, true));
+        assert_eq!(one.0, four.0);
+        assert_eq!(one.2, four.2);
+    }
+
+    #[test]
+    fn reduce_sequences_sums_and_averages_response_tokens() {
+        let labels = [-100i64, 3, -100, 2, -100, 1, 1, 1];
+        let tokens = [-1.0f64, 0.0, -2.0, -0.5, -0.5, -0.5];
+        assert_eq!(reduce_sequences(&tokens, &labels, 2, 4, true, -100, false).unwrap(), vec![-3.0, -1.5]);
+        assert_eq!(reduce_sequences(&tokens, &labels, 2, 4, true, -100, true).unwrap(), vec![-1.5, -0.5]);
+        let empty = [-100i64, -100, -100, -100, 1, 1, 1, 1];
+        assert_eq!(reduce_sequences(&tokens, &empty, 2, 4, true, -100, true).unwrap_err(), KernelError::EmptyRow { row: 0 });
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_not_panics() {
+        let data = vec![0f32; 2 * 3 * 4];
+        assert!(matches!(LogitsRows::new(&data, [2, 3, 5], [15, 5]), Err(KernelError::BufferTooShort { .. })));
+        let rows = LogitsRows::contiguous(&data, [2, 3, 4]).unwrap();
+        let (mut lp, mut lse) = (vec![0f32; 4], vec![0f32; 4]);
+        let labels = vec![0i64, 1, 4, 0, 0, 0];
+        let err = forward(&rows, &labels, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
+        assert_eq!(err, KernelError::LabelOutOfRange { batch: 0, position: 2, value: 4, vocab: 4 });
+        let short = vec![0i64; 5];
+        assert!(forward(&rows, &short, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).is_err());
+        let one_position = LogitsRows::contiguous(&data[..8], [2, 1, 4]).unwrap();
+        let (mut lp0, mut lse0) = (vec![0f32; 0], vec![0f32; 0]);
+        assert!(forward(&one_position, &[0, 0], -100, true, ForwardOutputs { logps: &mut lp0, lse: &mut lse0, stats: None }).is_err());
+    }
+}

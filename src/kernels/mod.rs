@@ -1,0 +1,9 @@
+//! Pure-Rust kernels on slices: no torch, no Python. `cargo test` covers them.
+//!
+//! - [`element`]: the logits element types (float32, float64, bfloat16, float16) and their
+//!   accumulation type;
+//! - [`fastexp`]: a branch-free `exp` that the compiler vectorises;
+//! - [`logps`]: the fused masked log-prob reduction of SPEC §4, forward and backward.
+pub mod element;
+pub mod fastexp;
+pub mod logps;
