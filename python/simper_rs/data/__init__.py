@@ -1,0 +1,188 @@
+"""Preference data in TRL's formats, and the collator that turns it into [chosen; rejected] batches.
+
+A record has ``prompt``, ``chosen`` and ``rejected``, each either plain text or a conversation
+(a list of ``{"role": ..., "content": ...}`` messages; the tokenizer's chat template is applied
+when it has one). Sources: a JSONL (or JSON list) file, a list of dicts, or a
+``datasets.Dataset``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+
+__all__ = ["PreferenceDataError", "load_preference_data", "PreferenceCollator", "default_data_dir", "load_default_data"]
+
+FIELDS = ("prompt", "chosen", "rejected")
+Record = Dict[str, Any]
+
+
+class PreferenceDataError(ValueError):
+    """A preference record or file that cannot be used; the message names the record and field."""
+
+
+def default_data_dir() -> Path:
+    """The folder of the embedded default data set (``train.jsonl``, ``test.jsonl``)."""
+    return Path(__file__).parent / "default"
+
+
+def load_default_data() -> Dict[str, List[Record]]:
+    """The embedded default data set: ``{"train": [...], "test": [...]}`` (see its README)."""
+    return {split: load_preference_data(default_data_dir() / f"{split}.jsonl") for split in ("train", "test")}
+
+
+def _read_file(path: Path) -> List[Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"no such preference data file: {path}")
+    if path.is_dir():
+        raise PreferenceDataError(f"{path} is a folder; expected a .jsonl file of preference records")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PreferenceDataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, list):
+            raise PreferenceDataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise PreferenceDataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+    return records
+
+
+def _check_messages(index: int, field: str, value: list) -> None:
+    if not value:
+        raise PreferenceDataError(f"record {index}: field {field!r} is an empty conversation")
+    for position, message in enumerate(value):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+            raise PreferenceDataError(
+                f"record {index}: field {field!r} message {position} must be a dict with string 'role' and 'content'"
+            )
+
+
+def _check_record(index: int, record: Any) -> Record:
+    if not isinstance(record, dict):
+        raise PreferenceDataError(f"record {index}: expected a dict with {list(FIELDS)}, got {type(record).__name__}")
+    for field in FIELDS:
+        if field not in record:
+            raise PreferenceDataError(f"record {index}: field {field!r} is missing")
+        value = record[field]
+        if isinstance(value, str):
+            if field != "prompt" and not value.strip():
+                raise PreferenceDataError(f"record {index}: field {field!r} is an empty response")
+        elif isinstance(value, list):
+            _check_messages(index, field, value)
+        else:
+            raise PreferenceDataError(
+                f"record {index}: field {field!r} must be a string or a list of {{'role', 'content'}} messages, "
+                f"got {type(value).__name__}"
+            )
+    kinds = {isinstance(record[f], str) for f in FIELDS}
+    if len(kinds) > 1:
+        raise PreferenceDataError(f"record {index}: mixes plain text and conversations across {list(FIELDS)}")
+    return record
+
+
+def load_preference_data(source: Union[str, os.PathLike, Iterable[Record]]) -> List[Record]:
+    """Read and check preference records from a file path, a list of dicts or a ``datasets.Dataset``.
+
+    Raises :class:`PreferenceDataError` (a ``ValueError``) naming the record index and field of
+    the first malformed record, and ``FileNotFoundError`` for a missing file.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        raw: Sequence[Any] = _read_file(Path(source))
+    elif hasattr(source, "__iter__"):
+        raw = list(source)  # a list, or a datasets.Dataset (iterates over dict rows)
+    else:
+        raise TypeError(f"source must be a path, a list of records or a datasets.Dataset, got {type(source).__name__}")
+    if not raw:
+        raise PreferenceDataError("the preference data set is empty")
+    return [_check_record(i, r) for i, r in enumerate(raw)]
+
+
+class PreferenceCollator:
+    """Tokenize preference records into one ``[chosen; rejected]`` batch.
+
+    Each sequence is BOS + prompt + response + EOS (as the official SimPER trainer builds them);
+    prompt and padding positions get label -100. When prompt + response exceed ``max_length``,
+    the prompt is first cut to its last ``max_prompt_length`` tokens, then the response is cut to
+    fit (TRL's ``keep_end`` truncation). Chosen and rejected are padded (right) to one length.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels`` of shape ``[2P, T]``, plus
+    ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[P]`` when every record carries them.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 512, max_prompt_length: int = 256) -> None:
+        if max_prompt_length >= max_length:
+            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.max_prompt_length = int(max_prompt_length)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        self.pad_token_id = pad
+
+    def _text(self, value) -> str:
+        if isinstance(value, str):
+            return value
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(value, tokenize=False)
+        return "\n".join(f"{m['role']}: {m['content']}" for m in value)
+
+    def _prompt_and_responses(self, record: Record):
+        prompt, chosen, rejected = record["prompt"], record["chosen"], record["rejected"]
+        if isinstance(prompt, str):
+            return prompt, chosen, rejected
+        if getattr(self.tokenizer, "chat_template", None):
+            # The response text is what the template adds after the prompt's generation prompt.
+            prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            full = [self.tokenizer.apply_chat_template(prompt + r, tokenize=False) for r in (chosen, rejected)]
+            return prompt_text, *(f[len(prompt_text) :] if f.startswith(prompt_text) else f for f in full)
+        return self._text(prompt) + "\n", self._text(chosen), self._text(rejected)
+
+    def _encode(self, text: str) -> List[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _sequence(self, prompt_ids: List[int], response_ids: List[int]):
+        if len(prompt_ids) + len(response_ids) > self.max_length:
+            prompt_ids = prompt_ids[-self.max_prompt_length :]
+        if len(prompt_ids) + len(response_ids) > self.max_length:
+            response_ids = response_ids[: self.max_length - len(prompt_ids)]
+        return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
+
+    def encode_record(self, record: Record):
+        """(chosen ids, chosen labels, rejected ids, rejected labels) of one record."""
+        prompt, chosen, rejected = self._prompt_and_responses(record)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        prompt_ids = bos + self._encode(prompt)
+        out = []
+        for response in (chosen, rejected):
+            out.extend(self._sequence(prompt_ids, self._encode(response) + eos))
+        return out
+
+    def __call__(self, records: List[Record]) -> Dict[str, torch.Tensor]:
+        records = [_check_record(i, r) for i, r in enumerate(records)]
+        encoded = [self.encode_record(r) for r in records]
+        sequences = [e[0] for e in encoded] + [e[2] for e in encoded]
+        labels = [e[1] for e in encoded] + [e[3] for e in encoded]
+        width = max(len(s) for s in sequences)
+        batch = {
+            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+            "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels]),
+        }
+        for field in ("ref_chosen_logps", "ref_rejected_logps"):
+            if all(field in r for r in records):
+                batch[field] = torch.tensor([float(r[field]) for r in records])
+        return batch

@@ -1,0 +1,195 @@
+"""A HuggingFace ``Trainer`` for SimPER and DIL, and the loss step it is built on.
+
+``PreferenceTrainer`` takes preference records (TRL's formats, see :mod:`simper_rs.data`), runs
+one forward per batch on the concatenated [chosen; rejected] batch, and logs TRL's metric names
+in train and eval. It works with gradient accumulation, bf16 autocast, gradient checkpointing
+and torch.distributed through Accelerate, since all of that is the base Trainer's.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Any, Dict, Optional
+
+import torch
+
+from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
+from .ops import sequence_logps
+
+__all__ = ["PreferenceTrainer", "preference_loss", "make_loss"]
+
+LOSSES = ("simper", "dil")
+
+
+def make_loss(loss: str = "simper", estimator: str = "lsif", beta: float = 1.0) -> torch.nn.Module:
+    """The loss module for ``loss`` in ("simper", "dil")."""
+    if loss == "simper":
+        return SimPERLoss()
+    if loss == "dil":
+        return DILLoss(estimator=estimator, beta=beta)
+    raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module  # DistributedDataParallel and friends
+    return model
+
+
+class _Passthrough(torch.nn.Module):
+    """Stands in for the lm_head so that the model's "logits" are its last hidden states."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+@contextlib.contextmanager
+def _lm_head_bypassed(model: torch.nn.Module):
+    """Run the (possibly wrapped) model up to its last hidden states; yields the real lm_head.
+
+    The model is still called through its wrapper, so DDP and Accelerate hooks stay in place;
+    only the output projection is skipped, to be applied inside the fused-linear op.
+    """
+    inner = _unwrap(model)
+    get, set_ = getattr(inner, "get_output_embeddings", None), getattr(inner, "set_output_embeddings", None)
+    head = get() if get else None
+    if head is None or set_ is None or not hasattr(head, "weight"):
+        raise ValueError("fused_linear=True needs a causal LM with an output projection (get_output_embeddings())")
+    set_(_Passthrough())
+    try:
+        yield head
+    finally:
+        set_(head)
+
+
+def preference_loss(
+    model: torch.nn.Module,
+    inputs: Dict[str, Any],
+    loss_fn: torch.nn.Module,
+    *,
+    ref_model: Optional[torch.nn.Module] = None,
+    fused_linear: bool = False,
+) -> PreferenceLossOutput:
+    """One loss step on a collated [chosen; rejected] batch (see :class:`PreferenceCollator`).
+
+    ``inputs`` holds ``input_ids``, ``attention_mask`` and ``labels`` ``[2P, T]`` and optionally
+    precomputed ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[P]``; otherwise ``ref_model``
+    (if given, for DIL) provides them. ``fused_linear`` computes the loss from the last hidden
+    states and the lm_head weight without materialising the logits.
+    """
+    input_ids, labels = inputs["input_ids"], inputs["labels"]
+    attention_mask = inputs.get("attention_mask")
+    refs = {}
+    if isinstance(loss_fn, DILLoss):
+        ref_chosen, ref_rejected = inputs.get("ref_chosen_logps"), inputs.get("ref_rejected_logps")
+        if ref_chosen is None and ref_model is not None:
+            with torch.no_grad():
+                ref_logits = ref_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                ref = sequence_logps(ref_logits, labels, ignore_index=loss_fn.ignore_index)
+            half = ref.shape[0] // 2
+            ref_chosen, ref_rejected = ref[:half], ref[half:]
+        refs = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    if fused_linear:
+        with _lm_head_bypassed(model) as head:
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        weight = head.weight.to(hidden.dtype)
+        bias = head.bias.to(hidden.dtype) if getattr(head, "bias", None) is not None else None
+        return loss_fn(hidden=hidden, lm_head_weight=weight, lm_head_bias=bias, labels=labels, **refs)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return loss_fn(logits, labels, **refs)
+
+
+def _trainer_base():
+    try:
+        from transformers import Trainer
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError('PreferenceTrainer needs transformers: pip install "simper_rs[train]"') from err
+    return Trainer
+
+
+class PreferenceTrainer(_trainer_base()):
+    """``transformers.Trainer`` for SimPER (default) or DIL on preference data.
+
+    Arguments beyond the Trainer's: ``loss`` ("simper" or "dil"), ``estimator`` and ``beta``
+    (DIL), ``ref_model`` (optional frozen reference for DIL; or put ``ref_chosen_logps`` /
+    ``ref_rejected_logps`` in the records), ``fused_linear`` (compute the loss from hidden states
+    and the lm_head, never materialising logits), ``max_length`` and ``max_prompt_length`` (for
+    the default :class:`~simper_rs.data.PreferenceCollator`, built from ``processing_class``).
+    ``train_dataset`` / ``eval_dataset`` may be lists of records, a JSONL path or a
+    ``datasets.Dataset``.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        *,
+        loss: str = "simper",
+        estimator: str = "lsif",
+        beta: float = 1.0,
+        ref_model: Optional[torch.nn.Module] = None,
+        fused_linear: bool = False,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        **kwargs,
+    ) -> None:
+        from .data import PreferenceCollator, load_preference_data
+
+        self.loss_fn = make_loss(loss, estimator, beta)
+        if ref_model is not None and loss != "dil":
+            raise ValueError("ref_model is used by loss='dil' only; SimPER needs no reference model")
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("pass processing_class (the tokenizer) or a data_collator")
+            data_collator = PreferenceCollator(processing_class, max_length=max_length, max_prompt_length=max_prompt_length)
+        if isinstance(train_dataset, (str, list)):
+            train_dataset = load_preference_data(train_dataset)
+        if isinstance(eval_dataset, (str, list)):
+            eval_dataset = load_preference_data(eval_dataset)
+        if args is not None:
+            args.remove_unused_columns = False  # the collator needs prompt/chosen/rejected
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.args.remove_unused_columns = False
+        self.fused_linear = bool(fused_linear)
+        self.ref_model = None
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._stored_metrics: Dict[str, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = preference_loss(model, inputs, self.loss_fn, ref_model=self.ref_model, fused_linear=self.fused_linear)
+        split = "train" if model.training else "eval"
+        for name, value in out.metrics.items():
+            self._stored_metrics[split][name].append(value)
+        return (out.loss, out) if return_outputs else out.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        split = "train" if "loss" in logs else "eval"
+        prefix = "" if split == "train" else "eval_"
+        stored = self._stored_metrics.pop(split, {})
+        if stored:
+            names = sorted(stored)
+            local = torch.tensor([sum(stored[n]) / len(stored[n]) for n in names], device=self.accelerator.device)
+            averaged = self.accelerator.reduce(local, reduction="mean")  # over processes
+            for name, value in zip(names, averaged.tolist()):
+                logs[prefix + name] = value
+        super().log(logs, start_time)
