@@ -144,6 +144,24 @@ pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, ls
     Ok(grad)
 }
 
+/// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
+/// the gradient); `targets`, `grad_logps` and `lse` are `[n]`.
+pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_index: i64, grad_logps: &Tensor, lse: &Tensor) -> Result<()> {
+    require_cpu("logits", logits)?;
+    if !logits.is_contiguous() || logits.dim() != 2 {
+        return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
+    }
+    let vocab = logits.size()[1] as usize;
+    let acc = accumulation_kind(logits.kind());
+    let (targets, grad_logps, lse) = (targets.contiguous(), grad_logps.to_kind(acc).contiguous(), lse.to_kind(acc).contiguous());
+    with_logit_type!(logits.kind(), E => {
+        let rows = tensor_slice_mut::<E>(logits);
+        let (labels, upstream, lse) = (tensor_slice::<i64>(&targets), tensor_slice(&grad_logps), tensor_slice(&lse));
+        threads::install(|| logps::backward_in_place::<E>(rows, vocab, labels, ignore_index, upstream, lse))?;
+        Ok(())
+    })
+}
+
 /// Fused forward on CPU: (token log-probs, logsumexp, entropy, argmax == label), each [B, T'];
 /// the two statistics are empty tensors unless `with_stats`.
 #[pyfunction]

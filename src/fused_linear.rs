@@ -93,15 +93,6 @@ fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRow
     LabelledRows { hidden_rows, output_rows, targets }
 }
 
-fn chunk_logits(hidden_flat: &Tensor, weight: &Tensor, bias: Option<&Tensor>, rows: &Tensor) -> Tensor {
-    let h = hidden_flat.index_select(0, rows);
-    let logits = h.matmul(&weight.transpose(0, 1));
-    match bias {
-        Some(b) => logits + b,
-        None => logits,
-    }
-}
-
 type LinearForward = (Tensor, Tensor, Tensor, Tensor);
 
 #[allow(clippy::too_many_arguments)]
@@ -120,11 +111,18 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
     let rows = labelled_rows(labels, ignore_index, shift);
     let hidden_flat = hidden.reshape([b * t, h]);
     let total = rows.output_rows.size()[0];
-    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size);
+    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size).min(total.max(1));
+    let weight_t = weight.transpose(0, 1);
+    let logits_buffer = Tensor::empty([step, weight.size()[0]], (hidden.kind(), hidden.device()));
     let mut start = 0;
     while start < total {
         let n = step.min(total - start);
-        let logits = chunk_logits(&hidden_flat, weight, bias, &rows.hidden_rows.narrow(0, start, n)).unsqueeze(0);
+        let mut logits = logits_buffer.narrow(0, 0, n);
+        let _ = hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n)).matmul_out(&logits, &weight_t);
+        if let Some(bb) = bias {
+            logits += bb;
+        }
+        let logits = logits.unsqueeze(0);
         let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
         let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
             fused_cpu::forward(&logits, &targets, ignore_index, false, with_stats)?
@@ -166,40 +164,51 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
     let hidden_flat = hidden.reshape([b * t, h]);
     let grad_flat = grad_logps.to_kind(acc).reshape([-1]);
     let lse_flat = lse.to_kind(acc).reshape([-1]);
-    // Gradients accumulate across chunks in float32 (float64 for float64), cast once at the end.
-    let mut grad_hidden = Tensor::zeros([b * t, h], (acc, hidden.device()));
+    // Each labelled hidden row belongs to exactly one chunk: its gradient is written once, in the
+    // hidden dtype. The weight and bias gradients sum over chunks, in float32 (float64 for
+    // float64), cast once at the end.
+    let mut grad_hidden = Tensor::zeros([b * t, h], (hidden.kind(), hidden.device()));
     let mut grad_weight = Tensor::zeros(weight.size(), (acc, weight.device()));
     let mut grad_bias = bias.map(|bb| Tensor::zeros(bb.size(), (acc, bb.device())));
     let total = rows.output_rows.size()[0];
-    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size);
+    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size).min(total.max(1));
+    let weight_t = weight.transpose(0, 1);
+    let logits_buffer = Tensor::empty([step, weight.size()[0]], (hidden.kind(), hidden.device()));
     let mut start = 0;
     while start < total {
         let n = step.min(total - start);
         let hidden_rows = rows.hidden_rows.narrow(0, start, n);
         let out_rows = rows.output_rows.narrow(0, start, n);
         let h_c = hidden_flat.index_select(0, &hidden_rows);
-        let mut logits = h_c.matmul(&weight.transpose(0, 1));
+        // One logits buffer serves every chunk: no allocation (and no page faults) per chunk.
+        let mut logits = logits_buffer.narrow(0, 0, n);
+        let _ = h_c.matmul_out(&logits, &weight_t);
         if let Some(bb) = bias {
             logits += bb;
         }
         let targets = rows.targets.narrow(0, start, n);
         let g = grad_flat.index_select(0, &out_rows);
         let l = lse_flat.index_select(0, &out_rows);
+        // The row gradients G_c (CPU: overwriting the chunk's logits, which are not needed again).
         let row_grads = if hidden.device() == Device::Cpu {
-            fused_cpu::backward(&g.unsqueeze(0), &logits.unsqueeze(0), &targets.unsqueeze(0), &l.unsqueeze(0), ignore_index, false)?.squeeze_dim(0)
+            fused_cpu::backward_in_place(&mut logits, &targets, ignore_index, &g, &l)?;
+            logits
         } else {
             reference_row_grads(&logits, &targets, &l, &g)
         };
-        drop(logits);
-        let _ = grad_hidden.index_add_(0, &hidden_rows, &row_grads.matmul(weight).to_kind(acc));
-        let _ = grad_weight.g_add_(&row_grads.transpose(0, 1).matmul(&h_c).to_kind(acc));
+        let _ = grad_hidden.index_copy_(0, &hidden_rows, &row_grads.matmul(weight));
+        if grad_weight.kind() == row_grads.kind() {
+            let _ = grad_weight.addmm_(&row_grads.transpose(0, 1), &h_c); // accumulate, no temporary
+        } else {
+            let _ = grad_weight.g_add_(&row_grads.transpose(0, 1).matmul(&h_c).to_kind(acc));
+        }
         if let Some(gb) = &mut grad_bias {
             let _ = gb.g_add_(&row_grads.sum_dim_intlist(0, false, acc));
         }
         start += n;
     }
     Ok((
-        grad_hidden.reshape([b, t, h]).to_kind(hidden.kind()),
+        grad_hidden.reshape([b, t, h]),
         grad_weight.to_kind(weight.kind()),
         grad_bias.map(|gb| gb.to_kind(weight.kind())),
     ))

@@ -60,3 +60,34 @@ def numpy_dil_loss(
     beta: float = 1.0,
     reduction: str = "mean",
 ) -> Tuple[Union[float, np.ndarray], np.ndarray, np.ndarray]: ...
+def check_linear_logps_inputs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    require_tokens: bool = False,
+) -> None: ...
+def linear_token_logps_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    chunk_size: Optional[int] = None,
+    with_stats: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+def linear_token_logps_backward(
+    grad_logps: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    chunk_size: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: ...
+def linear_chunk_rows(vocab: int, dtype_bytes: int) -> int: ...

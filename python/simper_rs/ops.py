@@ -99,7 +99,10 @@ def _linear_token_logps(
     chunk_size: Optional[int],
     with_stats: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _core.linear_token_logps_forward(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats)
+    # The op decides its own precision (the inputs' dtype, float32 accumulation): an enclosing
+    # autocast must not recast the chunk matmuls, or forward and backward would disagree.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _core.linear_token_logps_forward(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats)
 
 
 @_linear_token_logps.register_fake
@@ -127,9 +130,10 @@ def _linear_token_logps_backward(
     shift: bool,
     chunk_size: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_hidden, grad_weight, grad_bias = _core.linear_token_logps_backward(
-        grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size
-    )
+    with torch.autocast(hidden.device.type, enabled=False):
+        grad_hidden, grad_weight, grad_bias = _core.linear_token_logps_backward(
+            grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size
+        )
     # custom ops return tensors only: an empty tensor stands for "no bias".
     return grad_hidden, grad_weight, grad_bias if grad_bias is not None else hidden.new_empty(0)
 

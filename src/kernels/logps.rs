@@ -214,6 +214,16 @@ fn backward_row_impl<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::
     out[label] = E::store(grad * (E::Acc::ONE - p));
 }
 
+/// [`backward_row_impl`] over a row that holds the logits on entry and the gradient on exit.
+#[inline(always)]
+fn backward_row_in_place_impl<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    let p = (row[label].load() - lse).exp();
+    for x in row.iter_mut() {
+        *x = E::store(-(grad * (x.load() - lse).exp()));
+    }
+    row[label] = E::store(grad * (E::Acc::ONE - p));
+}
+
 // The same row code compiled a second time with AVX2 + FMA enabled, picked at run time: wheels
 // target baseline x86-64, and the wider vectors roughly halve the time of these loops.
 #[cfg(target_arch = "x86_64")]
@@ -226,6 +236,12 @@ unsafe fn forward_row_avx2<E: Logit>(row: &[E], label: usize, stats: bool) -> Ro
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn backward_row_avx2<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
     backward_row_impl(row, out, label, grad, lse)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn backward_row_in_place_avx2<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    backward_row_in_place_impl(row, label, grad, lse)
 }
 
 #[inline(always)]
@@ -258,6 +274,15 @@ fn backward_row<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, 
         return unsafe { backward_row_avx2(row, out, label, grad, lse) };
     }
     backward_row_impl(row, out, label, grad, lse)
+}
+
+fn backward_row_in_place<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports the enabled features (checked just above).
+        return unsafe { backward_row_in_place_avx2(row, label, grad, lse) };
+    }
+    backward_row_in_place_impl(row, label, grad, lse)
 }
 
 /// Outputs of [`forward`], each `[batch, labelled positions]` (row-major, contiguous).
@@ -362,6 +387,42 @@ pub fn backward<E: Logit>(
                 backward_row(logits.row(b, t), out, label as usize, grad_logps[p], lse[p]);
             }
         });
+    Ok(())
+}
+
+/// Backward in place over contiguous rows `[labels.len(), vocab]` that hold logits on entry
+/// (a buffer the caller owns, such as one chunk of the fused-linear op): each row becomes
+/// g·(onehot(y) − exp(x − lse)), or zeros where its label is `ignore_index`. Saves a second
+/// logits-sized buffer where the logits are not needed afterwards.
+pub fn backward_in_place<E: Logit>(
+    rows: &mut [E],
+    vocab: usize,
+    labels: &[i64],
+    ignore_index: i64,
+    grad_logps: &[E::Acc],
+    lse: &[E::Acc],
+) -> Result<(), KernelError> {
+    let n = labels.len();
+    check_labels(labels, n, 1, vocab, false, ignore_index)?;
+    for (name, len) in [("grad_logps", grad_logps.len()), ("lse", lse.len())] {
+        if len != n {
+            return Err(KernelError::BufferTooShort { name, needed: n, got: len });
+        }
+    }
+    if rows.len() != n * vocab {
+        return Err(KernelError::BufferTooShort { name: "rows", needed: n * vocab, got: rows.len() });
+    }
+    if vocab == 0 {
+        return Ok(());
+    }
+    let zero = E::store(E::Acc::ZERO);
+    rows.par_chunks_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each(|(r, row)| {
+        if labels[r] == ignore_index {
+            row.fill(zero);
+        } else {
+            backward_row_in_place(row, labels[r] as usize, grad_logps[r], lse[r]);
+        }
+    });
     Ok(())
 }
 
@@ -581,6 +642,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn in_place_backward_equals_out_of_place() {
+        let c = case(1, 6, 37, 3.0, 21);
+        let rows = LogitsRows::contiguous(&c.logits, [1, 6, 37]).unwrap();
+        let labels: Vec<i64> = c.labels.clone();
+        let (mut lp, mut lse) = (vec![0.0; 6], vec![0.0; 6]);
+        forward(&rows, &labels, -100, false, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        let upstream: Vec<f64> = (0..6).map(|i| 1.0 - 0.3 * i as f64).collect();
+        let mut want = vec![0.0; 6 * 37];
+        backward(&rows, &labels, -100, false, &upstream, &lse, &mut want).unwrap();
+        let mut in_place = c.logits.clone();
+        backward_in_place(&mut in_place, 37, &labels, -100, &upstream, &lse).unwrap();
+        assert_eq!(in_place, want);
     }
 
     #[test]
