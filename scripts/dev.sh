@@ -4,6 +4,7 @@
 #
 #   bash scripts/dev.sh train [ARGS...]   the main job: `simper-rs train` on the embedded default
 #   bash scripts/dev.sh test              cargo test + pytest
+#   bash scripts/dev.sh fuzz [SECONDS]    coverage-guided fuzzing of the Rust kernels (default 60 s)
 #   bash scripts/dev.sh setup             only the set-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +37,22 @@ case "$cmd" in
         cargo test --release --quiet
         python -m pytest -q "$@"
         ;;
-    *) echo "usage: bash scripts/dev.sh {train|test|setup} [ARGS...]" >&2; exit 2 ;;
+    fuzz)
+        # cargo-fuzz on the stable toolchain: coverage instrumentation without a sanitizer
+        # (the kernels are safe Rust: an out-of-bounds access is a bounds-check panic, which
+        # the fuzzer reports as a crash).
+        command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
+        seconds=${1:-60}
+        mkdir -p fuzz/corpus/logps_kernels target
+        status=0
+        (cd fuzz && cargo fuzz run --sanitizer none logps_kernels -- -max_total_time="$seconds" -print_final_stats=1) \
+            > target/fuzz.log 2>&1 || status=$?
+        grep -E "^(Done |stat::number_of_executed_units|stat::new_units_added)" target/fuzz.log || true
+        if [ "$status" -ne 0 ]; then
+            tail -n 40 target/fuzz.log
+            echo "fuzzing failed (exit $status); a crashing input is in fuzz/artifacts/logps_kernels" >&2
+            exit 1
+        fi
+        ;;
+    *) echo "usage: bash scripts/dev.sh {train|test|fuzz|setup} [ARGS...]" >&2; exit 2 ;;
 esac

@@ -194,7 +194,7 @@ pub fn fused_token_logps_backward(
     Ok(PyTensor(grad))
 }
 
-/// Number of threads the CPU kernels use (`SIMPER_RS_NUM_THREADS`, else all cores).
+/// Number of threads the CPU kernels use: `SIMPER_RS_NUM_THREADS`, else `torch.get_num_threads()`.
 #[pyfunction]
 pub fn kernel_threads() -> usize {
     threads::current_threads()

@@ -100,8 +100,7 @@ impl Estimator {
             "ukl" => Ok(Self::Ukl),
             "cpc" => Ok(Self::Cpc),
             other => Err(Error::value(format!(
-                "estimator must be one of {:?}, got {other:?}",
-                Self::NAMES
+                "estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got '{other}'"
             ))),
         }
     }
@@ -122,7 +121,7 @@ impl Reduction {
             "sum" => Ok(Self::Sum),
             "none" => Ok(Self::None),
             other => Err(Error::value(format!(
-                "reduction must be one of ['mean', 'sum', 'none'], got {other:?}"
+                "reduction must be one of ['mean', 'sum', 'none'], got '{other}'"
             ))),
         }
     }

@@ -212,7 +212,8 @@ pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTe
     Ok(PyTensor(out))
 }
 
-/// A [P] vector of per-sequence log-probs, checked and promoted to at least float32.
+/// A [P] vector of per-sequence log-probs, checked, as float64: the loss formulas run in float64
+/// so that exp(2u) of LSIF (and the like) cannot overflow into inf − inf = NaN on the way.
 fn check_pair_vector(name: &str, value: &Tensor, like: Option<(&str, &Tensor)>) -> Result<Tensor> {
     if !is_float(value.kind()) {
         return Err(Error::type_(format!(
@@ -245,7 +246,7 @@ fn check_pair_vector(name: &str, value: &Tensor, like: Option<(&str, &Tensor)>) 
         }
         None => {}
     }
-    Ok(value.to_kind(accumulation_kind(value.kind())))
+    Ok(value.to_kind(Kind::Double))
 }
 
 fn reduce(loss: Tensor, reduction: Reduction) -> Tensor {
@@ -258,6 +259,8 @@ fn reduce(loss: Tensor, reduction: Reduction) -> Tensor {
 
 /// Policy log-probs and, with a reference, the log-ratios u = ℓ_θ − ℓ_ref (reference detached).
 struct PairInputs {
+    /// The dtype the loss is returned in: float32, or float64 for float64 inputs.
+    out_kind: Kind,
     chosen: Tensor,
     rejected: Tensor,
     u_chosen: Tensor,
@@ -272,7 +275,7 @@ fn pair_inputs(chosen: &Tensor, rejected: &Tensor, ref_chosen: Option<&Tensor>, 
         (Some(rc), Some(rr)) => {
             let rc = check_pair_vector("ref_chosen_logps", rc, Some(("chosen_logps", chosen)))?.detach();
             let rr = check_pair_vector("ref_rejected_logps", rr, Some(("chosen_logps", chosen)))?.detach();
-            (&c - rc.to_kind(c.kind()), &r - rr.to_kind(c.kind()))
+            (&c - rc, &r - rr)
         }
         (Some(_), None) | (None, Some(_)) => {
             return Err(Error::value(
@@ -280,7 +283,7 @@ fn pair_inputs(chosen: &Tensor, rejected: &Tensor, ref_chosen: Option<&Tensor>, 
             ))
         }
     };
-    Ok(PairInputs { chosen: c, rejected: r, u_chosen: u_c, u_rejected: u_r })
+    Ok(PairInputs { out_kind: accumulation_kind(chosen.kind()), chosen: c, rejected: r, u_chosen: u_c, u_rejected: u_r })
 }
 
 /// SimPER loss from per-sequence average log-probs.
@@ -290,7 +293,7 @@ pub fn simper_loss(py: Python<'_>, chosen_logps: PyTensor, rejected_logps: PyTen
     let reduction = Reduction::parse(reduction)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p = pair_inputs(&chosen_logps, &rejected_logps, None, None)?;
-        Ok(reduce(losses::simper(&p.chosen, &p.rejected), reduction))
+        Ok(reduce(losses::simper(&p.chosen, &p.rejected), reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))
 }
@@ -314,7 +317,7 @@ pub fn dil_loss(
     check_beta(beta)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p = pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
-        Ok(reduce(losses::dil(estimator, beta, &p.chosen, &p.u_chosen, &p.u_rejected), reduction))
+        Ok(reduce(losses::dil(estimator, beta, &p.chosen, &p.u_chosen, &p.u_rejected), reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))
 }

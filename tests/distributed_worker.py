@@ -34,8 +34,11 @@ def main(out_path: str) -> None:
         grads = {n: p.grad.clone() for n, p in accelerator.unwrap_model(model).named_parameters()}
         torch.save({"world": accelerator.num_processes, "grads": grads}, out_path)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Skip interpreter teardown: tearing down a DDP model's gloo process group there can
+    # deadlock inside PyTorch (its worker thread waits for the GIL the destructor holds).
+    sys.stdout.flush()
+    os._exit(0)

@@ -12,7 +12,7 @@ def token_logps(logits, labels, ignore_index=-100, shift=True):
     work = logits.double() if logits.dtype == torch.float64 else logits.float()
     logp = torch.log_softmax(work, dim=-1)
     mask = labels != ignore_index
-    picked = torch.gather(logp, -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    picked = torch.gather(logp, -1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, picked, torch.zeros_like(picked))
 
 

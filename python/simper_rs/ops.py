@@ -33,6 +33,21 @@ __all__ = [
 BACKENDS = ("auto", "rust", "torch")
 
 
+def _require_storage(name: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor saved for backward whose storage was freed or shrunk after the forward
+    (as FSDP-style code does); reading it would read freed memory."""
+    if tensor.numel() == 0:
+        return
+    last = tensor.storage_offset() + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    needed = (last + 1) * tensor.element_size()
+    held = tensor.untyped_storage().nbytes()
+    if held < needed:
+        raise RuntimeError(
+            f"{name} saved for backward was freed or resized after the forward (its storage holds {held} bytes, "
+            f"{needed} are needed); keep it alive until backward has run"
+        )
+
+
 # -- the fused CPU op, registered with torch.library so autograd, opcheck and torch.compile see it
 
 
@@ -60,6 +75,7 @@ def _(logits, labels, ignore_index, shift, with_stats):
 def _fused_token_logps_backward(
     grad_logps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int, shift: bool
 ) -> torch.Tensor:
+    _require_storage("logits", logits)
     return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift)
 
 
@@ -130,6 +146,9 @@ def _linear_token_logps_backward(
     shift: bool,
     chunk_size: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    for name, tensor in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if tensor is not None:
+            _require_storage(name, tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         grad_hidden, grad_weight, grad_bias = _core.linear_token_logps_backward(
             grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size

@@ -202,7 +202,9 @@ fn forward_row_impl<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForwar
     } else {
         (E::Acc::ZERO, false)
     };
-    RowForward { logp: target - lse, lse, entropy, correct }
+    // (x[y] − m) − ln s, not x[y] − lse: at logits of magnitude 1e4, lse = m + ln s has lost
+    // the low bits of ln s, while x[y] − m is exact when x[y] is near the max.
+    RowForward { logp: (target - m) - log_s, lse, entropy, correct }
 }
 
 #[inline(always)]
