@@ -93,6 +93,39 @@ fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRow
     LabelledRows { hidden_rows, output_rows, targets }
 }
 
+/// Logits of one chunk of rows at a time, into one reusable buffer: no allocation (and no page
+/// faults) per chunk. Chunks are `[start, start + n)` ranges over the labelled rows.
+struct ChunkedLogits<'a> {
+    weight_t: Tensor,
+    bias: Option<&'a Tensor>,
+    buffer: Tensor,
+    step: i64,
+    total: i64,
+}
+
+impl<'a> ChunkedLogits<'a> {
+    fn new(hidden: &Tensor, weight: &Tensor, bias: Option<&'a Tensor>, chunk_size: Option<i64>, total: i64) -> Self {
+        let vocab = weight.size()[0];
+        let step = chunk_rows(vocab, hidden.kind(), chunk_size).min(total.max(1));
+        let buffer = Tensor::empty([step, vocab], (hidden.kind(), hidden.device()));
+        Self { weight_t: weight.transpose(0, 1), bias, buffer, step, total }
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (0..self.total).step_by(self.step as usize).map(move |start| (start, self.step.min(self.total - start)))
+    }
+
+    /// h_c·Wᵀ (+ b) for the `n` rows of `h_c`, in the shared buffer.
+    fn logits(&self, h_c: &Tensor) -> Tensor {
+        let mut logits = self.buffer.narrow(0, 0, h_c.size()[0]);
+        let _ = h_c.matmul_out(&logits, &self.weight_t);
+        if let Some(b) = self.bias {
+            logits += b;
+        }
+        logits
+    }
+}
+
 type LinearForward = (Tensor, Tensor, Tensor, Tensor);
 
 #[allow(clippy::too_many_arguments)]
@@ -110,19 +143,9 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
     let mut correct = Tensor::zeros([stats_len], options);
     let rows = labelled_rows(labels, ignore_index, shift);
     let hidden_flat = hidden.reshape([b * t, h]);
-    let total = rows.output_rows.size()[0];
-    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size).min(total.max(1));
-    let weight_t = weight.transpose(0, 1);
-    let logits_buffer = Tensor::empty([step, weight.size()[0]], (hidden.kind(), hidden.device()));
-    let mut start = 0;
-    while start < total {
-        let n = step.min(total - start);
-        let mut logits = logits_buffer.narrow(0, 0, n);
-        let _ = hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n)).matmul_out(&logits, &weight_t);
-        if let Some(bb) = bias {
-            logits += bb;
-        }
-        let logits = logits.unsqueeze(0);
+    let chunked = ChunkedLogits::new(hidden, weight, bias, chunk_size, rows.output_rows.size()[0]);
+    for (start, n) in chunked.chunks() {
+        let logits = chunked.logits(&hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n))).unsqueeze(0);
         let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
         let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
             fused_cpu::forward(&logits, &targets, ignore_index, false, with_stats)?
@@ -139,7 +162,6 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
             let _ = entropy.index_copy_(0, &out_rows, &ent.reshape([-1]));
             let _ = correct.index_copy_(0, &out_rows, &cor.reshape([-1]));
         }
-        start += n;
     }
     let shape = [b, used];
     let stats_shape: &[i64] = if with_stats { &shape } else { &[0] };
@@ -170,22 +192,12 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
     let mut grad_hidden = Tensor::zeros([b * t, h], (hidden.kind(), hidden.device()));
     let mut grad_weight = Tensor::zeros(weight.size(), (acc, weight.device()));
     let mut grad_bias = bias.map(|bb| Tensor::zeros(bb.size(), (acc, bb.device())));
-    let total = rows.output_rows.size()[0];
-    let step = chunk_rows(weight.size()[0], hidden.kind(), chunk_size).min(total.max(1));
-    let weight_t = weight.transpose(0, 1);
-    let logits_buffer = Tensor::empty([step, weight.size()[0]], (hidden.kind(), hidden.device()));
-    let mut start = 0;
-    while start < total {
-        let n = step.min(total - start);
+    let chunked = ChunkedLogits::new(hidden, weight, bias, chunk_size, rows.output_rows.size()[0]);
+    for (start, n) in chunked.chunks() {
         let hidden_rows = rows.hidden_rows.narrow(0, start, n);
         let out_rows = rows.output_rows.narrow(0, start, n);
         let h_c = hidden_flat.index_select(0, &hidden_rows);
-        // One logits buffer serves every chunk: no allocation (and no page faults) per chunk.
-        let mut logits = logits_buffer.narrow(0, 0, n);
-        let _ = h_c.matmul_out(&logits, &weight_t);
-        if let Some(bb) = bias {
-            logits += bb;
-        }
+        let mut logits = chunked.logits(&h_c);
         let targets = rows.targets.narrow(0, start, n);
         let g = grad_flat.index_select(0, &out_rows);
         let l = lse_flat.index_select(0, &out_rows);
@@ -205,7 +217,6 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
         if let Some(gb) = &mut grad_bias {
             let _ = gb.g_add_(&row_grads.sum_dim_intlist(0, false, acc));
         }
-        start += n;
     }
     Ok((
         grad_hidden.reshape([b, t, h]),

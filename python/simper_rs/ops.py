@@ -58,17 +58,22 @@ def _fused_token_logps(
     return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats)
 
 
-@_fused_token_logps.register_fake
-def _(logits, labels, ignore_index, shift, with_stats):
-    batch, positions = logits.shape[0], logits.shape[1] - int(shift)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+def _fake_forward_outputs(source: torch.Tensor, shift: bool, with_stats: bool):
+    """Shapes and dtypes of (logps, lse, entropy, correct) for a [B, T, ...] logits or hidden."""
+    batch, positions = source.shape[0], source.shape[1] - int(shift)
+    dtype = torch.float64 if source.dtype == torch.float64 else torch.float32
     stats_shape = (batch, positions) if with_stats else (0,)
     return (
-        logits.new_empty((batch, positions), dtype=dtype),
-        logits.new_empty((batch, positions), dtype=dtype),
-        logits.new_empty(stats_shape, dtype=dtype),
-        logits.new_empty(stats_shape, dtype=dtype),
+        source.new_empty((batch, positions), dtype=dtype),
+        source.new_empty((batch, positions), dtype=dtype),
+        source.new_empty(stats_shape, dtype=dtype),
+        source.new_empty(stats_shape, dtype=dtype),
     )
+
+
+@_fused_token_logps.register_fake
+def _(logits, labels, ignore_index, shift, with_stats):
+    return _fake_forward_outputs(logits, shift, with_stats)
 
 
 @torch.library.custom_op("simper_rs::fused_token_logps_backward", mutates_args=())
@@ -123,15 +128,7 @@ def _linear_token_logps(
 
 @_linear_token_logps.register_fake
 def _(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats):
-    batch, positions = hidden.shape[0], hidden.shape[1] - int(shift)
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    stats_shape = (batch, positions) if with_stats else (0,)
-    return (
-        hidden.new_empty((batch, positions), dtype=dtype),
-        hidden.new_empty((batch, positions), dtype=dtype),
-        hidden.new_empty(stats_shape, dtype=dtype),
-        hidden.new_empty(stats_shape, dtype=dtype),
-    )
+    return _fake_forward_outputs(hidden, shift, with_stats)
 
 
 @torch.library.custom_op("simper_rs::linear_token_logps_backward", mutates_args=())

@@ -27,65 +27,44 @@ pub trait Accum:
     fn max(self, other: Self) -> Self;
 }
 
-impl Accum for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NEG_INFINITY: Self = f32::NEG_INFINITY;
-    #[inline(always)]
-    fn exp(self) -> Self {
-        super::fastexp::exp_f32(self)
-    }
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-    fn is_nan(self) -> bool {
-        f32::is_nan(self)
-    }
-    fn from_f64(value: f64) -> Self {
-        value as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn max(self, other: Self) -> Self {
-        if other > self {
-            other
-        } else {
-            self
+/// float32 and float64 implement [`Accum`] alike, but for their exp: the vectorisable
+/// approximation for float32, std's for float64 (used for gradcheck and numpy, not speed).
+macro_rules! impl_accum {
+    ($t:ident, $exp:expr) => {
+        impl Accum for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $exp(self)
+            }
+            fn ln(self) -> Self {
+                $t::ln(self)
+            }
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
+            }
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn max(self, other: Self) -> Self {
+                if other > self {
+                    other
+                } else {
+                    self
+                }
+            }
         }
-    }
+    };
 }
 
-impl Accum for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NEG_INFINITY: Self = f64::NEG_INFINITY;
-    #[inline(always)]
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-    fn is_nan(self) -> bool {
-        f64::is_nan(self)
-    }
-    fn from_f64(value: f64) -> Self {
-        value
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn max(self, other: Self) -> Self {
-        if other > self {
-            other
-        } else {
-            self
-        }
-    }
-}
+impl_accum!(f32, super::fastexp::exp_f32);
+impl_accum!(f64, f64::exp);
 
 /// A logits element: loaded into, and stored from, its accumulation type.
 pub trait Logit: Copy + Send + Sync + 'static {
