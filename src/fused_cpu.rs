@@ -99,8 +99,15 @@ fn tensor_slice_mut<T>(tensor: &mut Tensor) -> &mut [T] {
 
 pub(crate) type ForwardTensors = (Tensor, Tensor, Tensor, Tensor);
 
-pub(crate) fn forward(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
+/// Fused forward of a (logits, labels) pair, validated first as SPEC §6 asks.
+fn forward(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
     check_logits_labels(logits, labels, ignore_index, shift, false)?;
+    forward_validated(logits, labels, ignore_index, shift, with_stats)
+}
+
+/// [`forward`] for inputs the caller has already validated (the fused-linear op checks its labels
+/// once, not once per chunk). The kernel still refuses out-of-range labels and short buffers.
+pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();

@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::fused_cpu;
 use crate::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
 
-/// Bytes of one chunk's logits that the automatic chunk size aims for. Two such buffers (the
-/// logits and their gradient) are alive at once in the backward.
+/// Bytes of one chunk's logits that the automatic chunk size aims for. One such buffer is alive
+/// at a time: the backward overwrites the chunk's logits with their gradient (on CPU).
 const CHUNK_TARGET_BYTES: i64 = 64 << 20;
 
 /// Rows per chunk: `chunk_size` when given, else what keeps one chunk's logits near 64 MiB.
@@ -148,7 +148,7 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
         let logits = chunked.logits(&hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n))).unsqueeze(0);
         let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
         let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
-            fused_cpu::forward(&logits, &targets, ignore_index, false, with_stats)?
+            fused_cpu::forward_validated(&logits, &targets, ignore_index, false, with_stats)?
         } else {
             let lp = reference_token_logps(&logits, &targets, ignore_index, false);
             let ls = logits.to_kind(acc).logsumexp(-1, false);
