@@ -1,6 +1,6 @@
 //! One error type for the whole crate. Every message names the argument at fault, what was
 //! expected and what came, and maps to the Python exception a PyTorch user would expect.
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +9,8 @@ pub enum Error {
     Value(String),
     /// Wrong type or dtype: becomes `TypeError`.
     Type(String),
+    /// The environment failed (CUDA driver or NVRTC): becomes `RuntimeError`.
+    Runtime(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -20,9 +22,12 @@ impl Error {
     pub fn type_(msg: impl Into<String>) -> Self {
         Error::Type(msg.into())
     }
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Error::Runtime(msg.into())
+    }
     pub fn message(&self) -> &str {
         match self {
-            Error::Value(m) | Error::Type(m) => m,
+            Error::Value(m) | Error::Type(m) | Error::Runtime(m) => m,
         }
     }
 }
@@ -49,6 +54,7 @@ impl From<Error> for PyErr {
         match err {
             Error::Value(m) => PyValueError::new_err(m),
             Error::Type(m) => PyTypeError::new_err(m),
+            Error::Runtime(m) => PyRuntimeError::new_err(m),
         }
     }
 }

@@ -63,7 +63,7 @@ unsafe fn raw_slice_mut<'a, T>(tensor: &'a mut Tensor, len: usize) -> &'a mut [T
 }
 
 /// A logits tensor whose vocabulary dimension is contiguous (copied only if it is not).
-fn rows_view(logits: &Tensor) -> Tensor {
+pub(crate) fn rows_view(logits: &Tensor) -> Tensor {
     if logits.stride()[2] == 1 || logits.size()[2] <= 1 {
         logits.shallow_clone()
     } else {

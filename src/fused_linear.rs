@@ -2,7 +2,7 @@
 //! chunks of positions, so that the `[B, T, V]` logits never exist.
 //!
 //! Forward, per chunk of labelled positions: logits_c = h_c·Wᵀ (+ b), then the per-row math of
-//! the fused kernel (CPU) or of the libtorch reference (other devices); only the log-probs and
+//! the fused kernel (CPU or CUDA) or of the libtorch reference (elsewhere); only the log-probs and
 //! the logsumexp (one float per position) outlive the chunk. Backward recomputes logits_c, forms
 //! the row gradients G_c, and accumulates grad h_c = G_c·W, grad W += G_cᵀ·h_c, grad b += Σ G_c.
 //! Positions whose label is ignored are skipped entirely (no matmul, no softmax).
@@ -11,7 +11,7 @@ use pyo3_tch::PyTensor;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::fused_cpu;
+use crate::{fused_cpu, fused_cuda};
 use crate::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
 
 /// Bytes of one chunk's logits that the automatic chunk size aims for. One such buffer is alive
@@ -129,7 +129,7 @@ impl<'a> ChunkedLogits<'a> {
 type LinearForward = (Tensor, Tensor, Tensor, Tensor);
 
 #[allow(clippy::too_many_arguments)]
-fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, with_stats: bool) -> Result<LinearForward> {
+fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, with_stats: bool, cuda_stream: Option<u64>) -> Result<LinearForward> {
     check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, chunk_size, false)?;
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
@@ -149,6 +149,8 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
         let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
         let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
             fused_cpu::forward_validated(&logits, &targets, ignore_index, false, with_stats)?
+        } else if let (Some(stream), Kind::Float | Kind::BFloat16 | Kind::Half) = (cuda_stream, hidden.kind()) {
+            fused_cuda::forward_validated(&logits, &targets, ignore_index, false, with_stats, stream)?
         } else {
             let lp = reference_token_logps(&logits, &targets, ignore_index, false);
             let ls = logits.to_kind(acc).logsumexp(-1, false);
@@ -178,7 +180,7 @@ fn reference_row_grads(logits: &Tensor, targets: &Tensor, lse: &Tensor, grad: &T
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, cuda_stream: Option<u64>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
     let acc = accumulation_kind(hidden.kind());
@@ -201,9 +203,13 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
         let targets = rows.targets.narrow(0, start, n);
         let g = grad_flat.index_select(0, &out_rows);
         let l = lse_flat.index_select(0, &out_rows);
-        // The row gradients G_c (CPU: overwriting the chunk's logits, which are not needed again).
+        // The row gradients G_c, overwriting the chunk's logits (not needed again) with the fused
+        // kernels; through libtorch ops where no fused kernel runs.
         let row_grads = if hidden.device() == Device::Cpu {
             fused_cpu::backward_in_place(&mut logits, &targets, ignore_index, &g, &l)?;
+            logits
+        } else if let (Some(stream), Kind::Float | Kind::BFloat16 | Kind::Half) = (cuda_stream, hidden.kind()) {
+            fused_cuda::backward_in_place(&logits, &targets, ignore_index, &g, &l, stream)?;
             logits
         } else {
             reference_row_grads(&logits, &targets, &l, &g)
@@ -244,9 +250,11 @@ pub fn check_linear_logps_inputs(
 }
 
 /// Fused-linear forward: (token log-probs, logsumexp, entropy, argmax == label), each [B, T']
-/// (the statistics empty unless `with_stats`). No autograd: see `simper_rs.ops`.
+/// (the statistics empty unless `with_stats`). No autograd: see `simper_rs.ops`. On CUDA,
+/// `cuda_stream` (PyTorch's current stream) runs the per-chunk softmax in the CUDA kernel; None
+/// runs it through libtorch ops.
 #[pyfunction]
-#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, chunk_size = None, with_stats = false))]
+#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, cuda_stream = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_token_logps_forward(
     py: Python<'_>,
@@ -258,14 +266,16 @@ pub fn linear_token_logps_forward(
     shift: bool,
     chunk_size: Option<i64>,
     with_stats: bool,
+    cuda_stream: Option<u64>,
 ) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
-    let (a, b, c, d) = py.allow_threads(move || forward(&hidden, &weight, bias.as_deref(), &labels, ignore_index, shift, chunk_size, with_stats))?;
+    let (a, b, c, d) = py.allow_threads(move || forward(&hidden, &weight, bias.as_deref(), &labels, ignore_index, shift, chunk_size, with_stats, cuda_stream))?;
     Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
 }
 
-/// Fused-linear backward: (grad hidden, grad weight, grad bias or None).
+/// Fused-linear backward: (grad hidden, grad weight, grad bias or None); `cuda_stream` as in the
+/// forward.
 #[pyfunction]
-#[pyo3(signature = (grad_logps, hidden, weight, bias, labels, lse, ignore_index = -100, shift = true, chunk_size = None))]
+#[pyo3(signature = (grad_logps, hidden, weight, bias, labels, lse, ignore_index = -100, shift = true, chunk_size = None, cuda_stream = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_token_logps_backward(
     py: Python<'_>,
@@ -278,8 +288,9 @@ pub fn linear_token_logps_backward(
     ignore_index: i64,
     shift: bool,
     chunk_size: Option<i64>,
+    cuda_stream: Option<u64>,
 ) -> PyResult<(PyTensor, PyTensor, Option<PyTensor>)> {
-    let (gh, gw, gb) = py.allow_threads(move || backward(&grad_logps, &hidden, &weight, bias.as_deref(), &labels, &lse, ignore_index, shift, chunk_size))?;
+    let (gh, gw, gb) = py.allow_threads(move || backward(&grad_logps, &hidden, &weight, bias.as_deref(), &labels, &lse, ignore_index, shift, chunk_size, cuda_stream))?;
     Ok((PyTensor(gh), PyTensor(gw), gb.map(PyTensor)))
 }
 

@@ -4,7 +4,8 @@
 //! - `kernels/`: pure Rust on slices (no torch, no Python), covered by `cargo test`;
 //! - `losses.rs`: the loss formulas, one source of truth for tensors and plain numbers;
 //! - `torch.rs`: bindings for `torch.Tensor` arguments (validation, GIL release, libtorch ops);
-//! - `cuda/`: the CUDA kernel's source and its NVRTC compilation;
+//! - `cuda/`: the CUDA kernel's source, its NVRTC compilation and its launch (driver API);
+//! - `fused_cuda.rs`: tensor bindings of the CUDA kernel (PyTorch's allocator and stream);
 //! - `numpy.rs`: the same kernels and formulas on numpy arrays;
 //! - `fused_cpu.rs`: tensor bindings of the fused CPU kernels; `threads.rs`: their thread pool;
 //! - `fused_linear.rs`: log-probs from hidden states and the lm_head weight, chunked.
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 pub mod cuda;
 pub mod error;
 pub mod fused_cpu;
+pub mod fused_cuda;
 pub mod fused_linear;
 pub mod kernels;
 pub mod losses;
@@ -20,23 +22,32 @@ pub mod numpy;
 pub mod threads;
 pub mod torch;
 
-/// Compile the CUDA kernel's source with NVRTC for `arch` and return the PTX (no GPU needed).
+/// Compile the CUDA kernel's source with NVRTC (no GPU needed): `arch` "sm_XY" gives the CUBIN
+/// (NVRTC runs ptxas, so this checks the generated code too), "compute_XY" the PTX text.
 #[pyfunction]
-#[pyo3(signature = (arch = "compute_90"))]
-fn cuda_compile_kernel(py: Python<'_>, arch: &str) -> PyResult<String> {
-    let arch: &'static str = match arch {
-        "compute_80" => "compute_80",
-        "compute_86" => "compute_86",
-        "compute_89" => "compute_89",
-        "compute_90" => "compute_90",
-        other => return Err(error::Error::value(format!("arch must be one of compute_80, compute_86, compute_89, compute_90, got '{other}'")).into()),
+#[pyo3(signature = (arch = "sm_90"))]
+fn cuda_compile_kernel(py: Python<'_>, arch: &str) -> PyResult<pyo3::Py<pyo3::types::PyBytes>> {
+    let parse = |prefix: &str| arch.strip_prefix(prefix).and_then(|n| n.parse::<i32>().ok()).filter(|&n| (50..=200).contains(&n));
+    let target = match (parse("sm_"), parse("compute_")) {
+        (Some(sm), _) => cuda::Target::Cubin(sm),
+        (_, Some(sm)) => cuda::Target::Ptx(sm),
+        _ => return Err(error::Error::value(format!("arch must look like 'sm_90' (machine code) or 'compute_90' (PTX), got '{arch}'")).into()),
     };
-    Ok(py.allow_threads(|| cuda::compile_ptx(arch))?)
+    let image = py.allow_threads(|| cuda::compile(target))?;
+    Ok(pyo3::types::PyBytes::new(py, &image).unbind())
+}
+
+/// The GPU architectures (`10·major + minor`) that the loaded NVRTC can compile for.
+#[pyfunction]
+fn cuda_supported_archs() -> PyResult<Vec<i32>> {
+    Ok(cuda::supported_archs()?)
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The torch release whose libtorch this extension was compiled against (set by build.rs).
+    m.add("TORCH_VERSION", env!("SIMPER_RS_TORCH_VERSION"))?;
     m.add_function(wrap_pyfunction!(torch::check_logps_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(torch::token_logps_torch, m)?)?;
     m.add_function(wrap_pyfunction!(torch::reduce_sequence_logps, m)?)?;
@@ -52,6 +63,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_linear::linear_chunk_rows, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::check_linear_logps_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compile_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_supported_archs, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cuda::fused_token_logps_forward_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cuda::fused_token_logps_backward_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cuda::cuda_kernel_status, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_token_logps, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_sequence_logps, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_simper_loss, m)?)?;

@@ -52,6 +52,17 @@ pub(crate) fn check_logits_labels(
     shift: bool,
     require_tokens: bool,
 ) -> Result<i64> {
+    let source = logits_source(logits)?;
+    check_labels(labels, &source, ignore_index, shift, require_tokens)
+}
+
+/// [`check_logits_labels`] without reading label values: shapes, dtypes, devices and the shift
+/// only, so no device synchronisation (what a CUDA graph capture allows).
+pub(crate) fn check_logits_labels_shapes(logits: &Tensor, labels: &Tensor, shift: bool) -> Result<()> {
+    check_label_shapes(labels, &logits_source(logits)?, shift)
+}
+
+fn logits_source(logits: &Tensor) -> Result<LabelSource> {
     let lsize = logits.size();
     if lsize.len() != 3 {
         return Err(Error::value(format!(
@@ -64,8 +75,7 @@ pub(crate) fn check_logits_labels(
             dtype_name(logits.kind())
         )));
     }
-    let source = LabelSource { name: "logits", batch: lsize[0], seq_len: lsize[1], vocab: lsize[2], device: logits.device() };
-    check_labels(labels, &source, ignore_index, shift, require_tokens)
+    Ok(LabelSource { name: "logits", batch: lsize[0], seq_len: lsize[1], vocab: lsize[2], device: logits.device() })
 }
 
 /// What the labels are checked against: the tensor they pair with (logits, or hidden states for
@@ -81,6 +91,36 @@ pub(crate) struct LabelSource {
 /// Label checks shared by every op: dtype, shape, device, shift length, vocabulary range and,
 /// with `require_tokens`, at least one response token per row.
 pub(crate) fn check_labels(labels: &Tensor, source: &LabelSource, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<i64> {
+    check_label_shapes(labels, source, shift)?;
+    let (seq_len, vocab) = (source.seq_len, source.vocab);
+    let used = shifted_labels(labels, shift);
+    let in_vocab = used.ge(0).logical_and(&used.lt(vocab));
+    let bad = in_vocab.logical_not().logical_and(&used.ne(ignore_index));
+    if bad.any().int64_value(&[]) != 0 {
+        let first = bad.nonzero().get(0);
+        let (row, col) = (first.int64_value(&[0]), first.int64_value(&[1]) + shift as i64);
+        let value = labels.int64_value(&[row, col]);
+        return Err(Error::value(format!(
+            "labels[{row}, {col}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
+        )));
+    }
+    if require_tokens && source.batch > 0 {
+        let counts = used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64);
+        let empty = counts.eq(0);
+        if empty.any().int64_value(&[]) != 0 {
+            let row = empty.nonzero().int64_value(&[0, 0]);
+            return Err(Error::value(format!(
+                "row {row} of labels has no response tokens (every label{} is ignore_index={ignore_index}), \
+                 so its average log-probability is undefined",
+                if shift { " after the shift" } else { "" }
+            )));
+        }
+    }
+    Ok(if shift { seq_len - 1 } else { seq_len })
+}
+
+/// The label checks that need no label values: dtype, shape, device and the shift length.
+fn check_label_shapes(labels: &Tensor, source: &LabelSource, shift: bool) -> Result<()> {
     let ysize = labels.size();
     if ysize.len() != 2 {
         return Err(Error::value(format!(
@@ -108,40 +148,17 @@ pub(crate) fn check_labels(labels: &Tensor, source: &LabelSource, ignore_index: 
             name = source.name
         )));
     }
-    let (seq_len, vocab) = (source.seq_len, source.vocab);
-    if vocab < 1 {
+    if source.vocab < 1 {
         return Err(Error::value("the vocabulary is empty (vocab = 0)"));
     }
-    if shift && seq_len < 2 {
+    if shift && source.seq_len < 2 {
         return Err(Error::value(format!(
             "with shift=True each sequence needs at least 2 positions (logits at t predict the label at t+1), \
-             got seq_len = {seq_len}; pass shift=False if logits and labels are already aligned"
+             got seq_len = {}; pass shift=False if logits and labels are already aligned",
+            source.seq_len
         )));
     }
-    let used = shifted_labels(labels, shift);
-    let in_vocab = used.ge(0).logical_and(&used.lt(vocab));
-    let bad = in_vocab.logical_not().logical_and(&used.ne(ignore_index));
-    if bad.any().int64_value(&[]) != 0 {
-        let first = bad.nonzero().get(0);
-        let (row, col) = (first.int64_value(&[0]), first.int64_value(&[1]) + shift as i64);
-        let value = labels.int64_value(&[row, col]);
-        return Err(Error::value(format!(
-            "labels[{row}, {col}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
-        )));
-    }
-    if require_tokens && source.batch > 0 {
-        let counts = used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64);
-        let empty = counts.eq(0);
-        if empty.any().int64_value(&[]) != 0 {
-            let row = empty.nonzero().int64_value(&[0, 0]);
-            return Err(Error::value(format!(
-                "row {row} of labels has no response tokens (every label{} is ignore_index={ignore_index}), \
-                 so its average log-probability is undefined",
-                if shift { " after the shift" } else { "" }
-            )));
-        }
-    }
-    Ok(if shift { seq_len - 1 } else { seq_len })
+    Ok(())
 }
 
 /// Labels aligned with the logits rows that predict them: a view, never a copy.

@@ -57,7 +57,7 @@ CASES = [
     ("unknown estimator", lambda: (simper_rs.dil_loss, (z(2), z(2)), {"estimator": "dpo"}), ValueError, "estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got 'dpo'"),
     ("unknown reduction", lambda: (simper_rs.simper_loss, (z(2), z(2)), {"reduction": "avg"}), ValueError, "reduction must be one of ['mean', 'sum', 'none'], got 'avg'"),
     ("unknown backend", lambda: seq(*batch(), backend="cuda"), ValueError, "backend must be one of ['auto', 'rust', 'torch']"),
-    ("backend='rust' on a non-CPU tensor", lambda: (simper_rs.token_logps, (batch()[0].to("meta"), batch()[1].to("meta")), {"backend": "rust"}), ValueError, "backend='rust' runs on CPU tensors"),
+    ("backend='rust' on a non-CPU tensor", lambda: (simper_rs.token_logps, (batch()[0].to("meta"), batch()[1].to("meta")), {"backend": "rust"}), ValueError, "backend='rust' runs on CPU and CUDA tensors"),
     ("non-positive beta", lambda: (simper_rs.dil_loss, (z(2), z(2)), {"estimator": "cpc", "beta": 0.0}), ValueError, "beta must be a positive finite number"),
     ("reference log-probs of the wrong shape", lambda: (simper_rs.dil_loss, (z(2), z(2), z(3), z(2)), {}), ValueError, "ref_chosen_logps must have the same shape as chosen_logps [2], got [3]"),
     ("only one reference given", lambda: (simper_rs.dil_loss, (z(2), z(2), z(2)), {}), ValueError, "must be given together"),
@@ -150,9 +150,10 @@ def test_saved_tensor_freed_between_forward_and_backward(op):
 
 
 def test_wrong_torch_version_is_an_import_error():
-    code = "import torch; torch.__version__ = '2.11.0'\ntry:\n    import simper_rs\nexcept ImportError as e:\n    print('ImportError:', e)\n"
+    code = "import torch; torch.__version__ = '1.13.0'\ntry:\n    import simper_rs\nexcept ImportError as e:\n    print('ImportError:', e)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "ImportError: simper_rs was built for torch 2.13.x but torch 2.11.0 is installed" in out.stdout, out.stderr
+    built = ".".join(simper_rs._core.TORCH_VERSION.split(".")[:2])
+    assert f"ImportError: simper_rs was built for torch {built}.x but torch 1.13.0 is installed" in out.stdout, out.stderr
 
 
 def table() -> str:

@@ -64,7 +64,7 @@ def test_backend_validation():
     logits, labels = ref.make_batch(pairs=1)
     with pytest.raises(ValueError, match="backend must be one of"):
         simper_rs.sequence_logps(logits, labels, backend="cuda")
-    with pytest.raises(ValueError, match="backend='rust' runs on CPU tensors"):
+    with pytest.raises(ValueError, match="backend='rust' runs on CPU and CUDA tensors"):
         simper_rs.token_logps(logits.to("meta"), labels.to("meta"), backend="rust")
 
 

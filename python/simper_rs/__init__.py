@@ -8,11 +8,15 @@ Quick start::
 """
 import torch as _torch  # libtorch must be loaded before the extension that links it
 
-from ._torch_version import check_torch_version as _check_torch_version
+from . import _torch_version
 
-_check_torch_version(_torch.__version__)
+try:
+    from . import _core
+except ImportError as _error:  # e.g. undefined libtorch symbols: built for another torch
+    raise _torch_version.load_failure(_error, _torch.__version__) from _error
 
-from . import _core  # noqa: E402
+# The extension records the torch it was compiled against; refuse any other release.
+_torch_version.check_torch_version(_torch.__version__, built_for=_core.TORCH_VERSION)
 from .losses import (  # noqa: E402
     ESTIMATORS,
     DILLoss,

@@ -1,10 +1,11 @@
 """Type stubs for the Rust extension ``simper_rs._core`` (use the public API in ``simper_rs``)."""
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 __version__: str
+TORCH_VERSION: str
 
 def check_logps_inputs(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False
@@ -78,6 +79,7 @@ def linear_token_logps_forward(
     shift: bool = True,
     chunk_size: Optional[int] = None,
     with_stats: bool = False,
+    cuda_stream: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 def linear_token_logps_backward(
     grad_logps: torch.Tensor,
@@ -89,6 +91,27 @@ def linear_token_logps_backward(
     ignore_index: int = -100,
     shift: bool = True,
     chunk_size: Optional[int] = None,
+    cuda_stream: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: ...
 def linear_chunk_rows(vocab: int, dtype_bytes: int) -> int: ...
-def cuda_compile_kernel(arch: str = "compute_90") -> str: ...
+def cuda_compile_kernel(arch: str = "sm_90") -> bytes: ...
+def cuda_supported_archs() -> List[int]: ...
+def fused_token_logps_forward_cuda(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    with_stats: bool,
+    stream: int,
+    check_values: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+def fused_token_logps_backward_cuda(
+    grad_logps: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    stream: int,
+) -> torch.Tensor: ...
+def cuda_kernel_status(ordinal: int) -> Optional[str]: ...

@@ -1,37 +1,58 @@
-"""Check, before the extension is loaded, that the installed torch is the one it was built for.
+"""Check that the installed torch is the one the extension was built for.
 
 The Rust extension links the libtorch inside the `torch` wheel. A different torch release has a
-different C++ ABI, and loading the extension against it would fail with an obscure symbol error
-(or worse), so we refuse early with a message that says what to install.
+different C++ ABI, and the extension would fail to load with an obscure symbol error (or load
+and misbehave), so we refuse with a message that says what to install. The extension records
+the torch it was compiled against (`_core.TORCH_VERSION`), which is checked right after loading
+it; a load that fails is explained with the package metadata's torch requirement, when known.
+The metadata is not trusted on its own: a source tree on PYTHONPATH (the torch 2.11 variant)
+may run beside an installed simper_rs built for another torch.
 """
 from __future__ import annotations
 
 import re
 from importlib import metadata
-
-# Fallback when the package metadata is unavailable (for example a source checkout on sys.path).
-_DEFAULT_REQUIREMENT = "2.13"
+from typing import Optional
 
 
-def required_torch_series() -> str:
-    """The `major.minor` torch release this build of simper_rs needs, from its own metadata."""
+def _series(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def required_torch_series() -> Optional[str]:
+    """The `major.minor` torch release the installed simper_rs needs, from its metadata (None
+    when simper_rs runs from a source tree without metadata)."""
     try:
         requirements = metadata.requires("simper_rs") or []
     except metadata.PackageNotFoundError:
-        return _DEFAULT_REQUIREMENT
+        return None
     for requirement in requirements:
         match = re.match(r"^torch\s*==\s*(\d+\.\d+)", requirement)
         if match:
             return match.group(1)
-    return _DEFAULT_REQUIREMENT
+    return None
 
 
-def check_torch_version(installed: str) -> None:
-    """Raise ImportError unless `installed` (a torch.__version__) is in the required series."""
+def _mismatch(needed: str, installed: str) -> ImportError:
+    return ImportError(
+        f"simper_rs was built for torch {needed}.x but torch {installed} is installed; "
+        f'install the matching release with: pip install "torch=={needed}.*" (or rebuild simper_rs against this torch)'
+    )
+
+
+def load_failure(error: ImportError, installed: str) -> ImportError:
+    """An ImportError explaining that the extension did not load against torch `installed`."""
     needed = required_torch_series()
-    series = ".".join(installed.split("+")[0].split(".")[:2])
-    if series != needed:
-        raise ImportError(
-            f"simper_rs was built for torch {needed}.x but torch {installed} is installed; "
-            f'install the matching release with: pip install "torch=={needed}.*"'
-        )
+    hint = f'install the torch it was built for (pip install "torch=={needed}.*") or ' if needed else ""
+    return ImportError(
+        f"simper_rs's Rust extension could not be loaded with torch {installed} ({error}); it links one torch "
+        f"release's libtorch: {hint}rebuild simper_rs against this torch"
+    )
+
+
+def check_torch_version(installed: str, built_for: Optional[str] = None) -> None:
+    """Raise ImportError unless `installed` (a torch.__version__) is in the series simper_rs
+    needs: `built_for` (the extension's own record) when given, else the package metadata."""
+    needed = _series(built_for) if built_for and built_for != "unknown" else required_torch_series()
+    if needed is not None and _series(installed) != needed:
+        raise _mismatch(needed, installed)

@@ -8,9 +8,12 @@ Conventions (those of HuggingFace and TRL):
   the shift is a view, the logits are never copied. Use ``shift=False`` for aligned inputs.
 * Log-probs are float32 (float64 for float64 logits); accumulation is always in float32 or wider.
 
-Backends: ``"rust"`` is the fused CPU kernel (one pass over each logits row forward, one
-backward, no ``[B, T, V]`` intermediate); ``"torch"`` is plain libtorch ops (any device, and the
-in-package reference); ``"auto"`` (default) takes ``"rust"`` for CPU tensors, else ``"torch"``.
+Backends: ``"rust"`` is the fused kernels (one read of each logits row forward, one read and
+one write backward, no ``[B, T, V]`` intermediate): Rust + rayon for CPU tensors, a CUDA kernel
+(compiled at first use by NVRTC, queued on PyTorch's current stream) for float32, bfloat16 and
+float16 CUDA tensors. ``"torch"`` is plain libtorch ops (any device and dtype, and the in-package
+reference). ``"auto"`` (default) takes ``"rust"`` where it runs, else ``"torch"``; where the CUDA
+kernel cannot run (no NVRTC, no driver) it says why once, in a ``RuntimeWarning``.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from . import _core
+from . import _core, _cuda
 
 __all__ = [
     "token_logps",
@@ -55,6 +58,12 @@ def _require_storage(name: str, tensor: torch.Tensor) -> None:
 def _fused_token_logps(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool, with_stats: bool
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if logits.is_cuda:
+        # Reading the labels back to validate them synchronises, which graph capture forbids;
+        # under capture the kernel itself turns an out-of-range label into NaN.
+        check_values = not torch.cuda.is_current_stream_capturing()
+        stream = _cuda.current_stream(logits.device)
+        return _core.fused_token_logps_forward_cuda(logits, labels, ignore_index, shift, with_stats, stream, check_values)
     return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats)
 
 
@@ -81,6 +90,9 @@ def _fused_token_logps_backward(
     grad_logps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int, shift: bool
 ) -> torch.Tensor:
     _require_storage("logits", logits)
+    if logits.is_cuda:
+        stream = _cuda.current_stream(logits.device)
+        return _core.fused_token_logps_backward_cuda(grad_logps, logits, labels, lse, ignore_index, shift, stream)
     return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift)
 
 
@@ -123,7 +135,16 @@ def _linear_token_logps(
     # The op decides its own precision (the inputs' dtype, float32 accumulation): an enclosing
     # autocast must not recast the chunk matmuls, or forward and backward would disagree.
     with torch.autocast(hidden.device.type, enabled=False):
-        return _core.linear_token_logps_forward(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats)
+        return _core.linear_token_logps_forward(
+            hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats, _linear_cuda_stream(hidden)
+        )
+
+
+def _linear_cuda_stream(hidden: torch.Tensor) -> Optional[int]:
+    """PyTorch's current stream when the CUDA kernel takes the fused-linear chunks, else None."""
+    if _cuda_kernel_runs(hidden):
+        return _cuda.current_stream(hidden.device)
+    return None
 
 
 @_linear_token_logps.register_fake
@@ -148,7 +169,7 @@ def _linear_token_logps_backward(
             _require_storage(name, tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         grad_hidden, grad_weight, grad_bias = _core.linear_token_logps_backward(
-            grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size
+            grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size, _linear_cuda_stream(hidden)
         )
     # custom ops return tensors only: an empty tensor stands for "no bias".
     return grad_hidden, grad_weight, grad_bias if grad_bias is not None else hidden.new_empty(0)
@@ -189,16 +210,34 @@ _reduce_sequence_logps = torch.compiler.disable(_core.reduce_sequence_logps)
 _check_linear_inputs = torch.compiler.disable(_core.check_linear_logps_inputs)
 
 
+_CUDA_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _cuda_kernel_runs(tensor: torch.Tensor) -> bool:
+    """Whether the CUDA kernel takes this CUDA tensor (dtype, and the kernel loads on its device)."""
+    return tensor.is_cuda and tensor.dtype in _CUDA_KERNEL_DTYPES and _cuda.kernel_unavailable_reason(tensor.device) is None
+
+
 def _resolve_backend(backend: str, logits: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    device = logits.device.type
     if backend == "auto":
-        return "rust" if logits.device.type == "cpu" else "torch"
-    if backend == "rust" and logits.device.type != "cpu":
+        return "rust" if device == "cpu" or _cuda_kernel_runs(logits) else "torch"
+    if backend == "rust" and device == "cuda":
+        if logits.dtype not in _CUDA_KERNEL_DTYPES:
+            raise ValueError(
+                f"backend='rust' on CUDA takes float32, bfloat16 or float16 logits, got {logits.dtype}; "
+                "use backend='auto' (float64 then runs through libtorch ops)"
+            )
+        reason = _cuda.kernel_unavailable_reason(logits.device)
+        if reason is not None:
+            raise RuntimeError(f"backend='rust': the CUDA kernel cannot run on {logits.device}: {reason}")
+    elif backend == "rust" and device != "cpu":
         raise ValueError(
-            f"backend='rust' runs on CPU tensors, but logits are on {logits.device}; "
+            f"backend='rust' runs on CPU and CUDA tensors, but logits are on {logits.device}; "
             "use backend='auto' to pick the right kernel"
         )
     return backend

@@ -1,38 +1,122 @@
 // Fused masked log-prob reduction on CUDA (SPEC §4), compiled at run time by NVRTC.
 //
-// One thread block per logits row (a position with a label). Forward: one pass over the row with
-// an online max/sum per thread (rescaled when the max grows), then a fixed-order tree reduction
-// in shared memory: deterministic, no float atomics. Backward: one read of the row and one write
-// of its gradient. float32 accumulation for every dtype; 64-bit offsets; any batch and position
-// stride (the causal shift is a view). No CUDA headers are needed: bf16/f16 are converted by hand.
+// One thread block per logits row (a position with a label). Forward: one read of the row with an
+// online max/sum per thread (rescaled only when a 16-byte vector raises the max), then a
+// fixed-order tree reduction in shared memory: deterministic, no float atomics. Backward: one
+// read of the row and one write of its gradient, from the logsumexp the forward saved.
+//
+// float32 accumulation for every dtype; 64-bit offsets; any batch and position stride (the causal
+// shift is a view); the vocabulary axis must be contiguous. Rows are read in 16-byte vectors,
+// UNROLL of them in flight per thread, after a scalar head that reaches 16-byte alignment (rows
+// of an odd vocabulary size start anywhere). No CUDA headers are needed: bf16/f16 conversions,
+// vector loads and streaming stores are written in PTX.
 
 typedef unsigned short u16;
+typedef unsigned int u32;
 typedef long long i64;
+typedef unsigned long long u64;
 
 #define BLOCK 256
+#define UNROLL 4
 #define NEG_INF (__int_as_float(0xff800000))
+#define LOG2E 1.4426950408889634f
 
-__device__ __forceinline__ float load(const float* p, i64 i) { return p[i]; }
-__device__ __forceinline__ float load(const u16* p, i64 i, int is_bf16) {
-    u16 bits = p[i];
-    if (is_bf16) return __uint_as_float(((unsigned)bits) << 16);
+struct Vec16 { u32 w[4]; };
+
+__device__ __forceinline__ Vec16 load16(const void* p) {
+    Vec16 v;
+    // .cs: streamed once, evict first (a row is never re-read by this kernel).
+    asm volatile("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void store16(void* p, const Vec16& v) {
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "r"(v.w[0]), "r"(v.w[1]), "r"(v.w[2]), "r"(v.w[3]) : "memory");
+}
+
+// 2^x by the special-function unit (ex2.approx: 2 ulp, subnormals flushed); exp(d) = 2^(d·log2 e).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float half_to_float(u16 bits) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
     return f;
 }
-__device__ __forceinline__ u16 store16(float v, int is_bf16) {
-    if (is_bf16) {
-        unsigned u = __float_as_uint(v);
-        if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40);  // quiet NaN
-        u += 0x7fffu + ((u >> 16) & 1u);                                       // round to nearest even
-        return (u16)(u >> 16);
+
+// The element types: KIND 0 = float32, 1 = bfloat16, 2 = float16. PER_VEC elements per 16 bytes.
+template <int KIND> struct Elem;
+template <> struct Elem<0> {
+    typedef float T;
+    enum { PER_VEC = 4 };
+    static __device__ __forceinline__ float get(const T* p, i64 i) { return p[i]; }
+    static __device__ __forceinline__ void put(T* p, i64 i, float v) { p[i] = v; }
+    static __device__ __forceinline__ void unpack(const Vec16& v, float* x) {
+        for (int k = 0; k < 4; ++k) x[k] = __uint_as_float(v.w[k]);
     }
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    return h;
+    static __device__ __forceinline__ Vec16 pack(const float* x) {
+        Vec16 v;
+        for (int k = 0; k < 4; ++k) v.w[k] = __float_as_uint(x[k]);
+        return v;
+    }
+};
+template <> struct Elem<1> {
+    typedef u16 T;
+    enum { PER_VEC = 8 };
+    static __device__ __forceinline__ float get(const T* p, i64 i) { return __uint_as_float(((u32)p[i]) << 16); }
+    static __device__ __forceinline__ u32 pair(float lo, float hi) {
+        u32 d;  // round to nearest even, NaN stays NaN (sm_80+)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+        return d;
+    }
+    static __device__ __forceinline__ void put(T* p, i64 i, float v) { p[i] = (u16)(pair(v, 0.f) & 0xffffu); }
+    static __device__ __forceinline__ void unpack(const Vec16& v, float* x) {
+        for (int k = 0; k < 4; ++k) {
+            x[2 * k] = __uint_as_float(v.w[k] << 16);
+            x[2 * k + 1] = __uint_as_float(v.w[k] & 0xffff0000u);
+        }
+    }
+    static __device__ __forceinline__ Vec16 pack(const float* x) {
+        Vec16 v;
+        for (int k = 0; k < 4; ++k) v.w[k] = pair(x[2 * k], x[2 * k + 1]);
+        return v;
+    }
+};
+template <> struct Elem<2> {
+    typedef u16 T;
+    enum { PER_VEC = 8 };
+    static __device__ __forceinline__ float get(const T* p, i64 i) { return half_to_float(p[i]); }
+    static __device__ __forceinline__ u32 pair(float lo, float hi) {
+        u32 d;
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+        return d;
+    }
+    static __device__ __forceinline__ void put(T* p, i64 i, float v) { p[i] = (u16)(pair(v, 0.f) & 0xffffu); }
+    static __device__ __forceinline__ void unpack(const Vec16& v, float* x) {
+        for (int k = 0; k < 4; ++k) {
+            x[2 * k] = half_to_float((u16)(v.w[k] & 0xffffu));
+            x[2 * k + 1] = half_to_float((u16)(v.w[k] >> 16));
+        }
+    }
+    static __device__ __forceinline__ Vec16 pack(const float* x) {
+        Vec16 v;
+        for (int k = 0; k < 4; ++k) v.w[k] = pair(x[2 * k], x[2 * k + 1]);
+        return v;
+    }
+};
+
+// Elements before the first 16-byte boundary of a row starting at `p` (at most `n`).
+template <typename T>
+__device__ __forceinline__ i64 head_elements(const T* p, i64 n) {
+    i64 head = (i64)(((16u - ((u32)(u64)p & 15u)) & 15u) / sizeof(T));
+    return head < n ? head : n;
 }
 
-// Position r of the [batch, used] outputs reads logits row (b, t) at b*sb + t*st.
+// Output position r (of the [batch, used] outputs) reads logits row (r / used, r % used).
 struct Rows {
     i64 used, vocab, batch_stride, position_stride;
     i64 labels_stride, shift;
@@ -40,104 +124,199 @@ struct Rows {
     __device__ __forceinline__ i64 label(const i64* labels, i64 r) const { return labels[(r / used) * labels_stride + (r % used) + shift]; }
 };
 
-// Merges (max, sum of exp(x - max), sum of (x - max)·exp(x - max)) pairs in a fixed order.
-__device__ __forceinline__ void merge(float& m, float& s, float& w, float m2, float s2, float w2) {
+// One thread's running state over part of a row: max, Σ exp(x - max), Σ (x - max)·exp(x - max)
+// (for the entropy), the index of the first maximum, and whether a NaN was seen.
+struct Online {
+    float m, s, w;
+    i64 arg;
+    int nan;
+    __device__ __forceinline__ Online() : m(NEG_INF), s(0.f), w(0.f), arg(0x7fffffffffffffffLL), nan(0) {}
+
+    // Fold in `n` values whose largest is `vmax` at index `vidx` (NaN-free max).
+    template <int N, bool STATS>
+    __device__ __forceinline__ void add(const float* x, float vmax, i64 vidx) {
+        if (vmax > m) {
+            if (m != NEG_INF) {
+                float a = fast_exp2((m - vmax) * LOG2E);
+                if (STATS) w = a * (w + (m - vmax) * s);
+                s *= a;
+            }
+            m = vmax;
+            arg = vidx;
+        }
+        if (m == NEG_INF) {  // everything so far is -inf or NaN: only a NaN matters
+            for (int k = 0; k < N; ++k) nan |= (x[k] != x[k]);
+            return;
+        }
+        // A NaN from here on makes s NaN, which the end of the row checks (no per-element test).
+        for (int k = 0; k < N; ++k) {
+            float d = x[k] - m;  // subtract first: exact when close, unlike x·log2e − m·log2e
+            float e = fast_exp2(d * LOG2E);
+            s += e;
+            if (STATS) w += e > 0.f ? d * e : 0.f;
+        }
+    }
+};
+
+// Merges (max, sum, weighted sum, first argmax) of `b` into `a`, in a fixed order.
+__device__ __forceinline__ void merge(float& m, float& s, float& w, i64& arg, float m2, float s2, float w2, i64 arg2) {
     if (m2 == NEG_INF) return;
-    if (m == NEG_INF) { m = m2; s = s2; w = w2; return; }
+    if (m == NEG_INF) { m = m2; s = s2; w = w2; arg = arg2; return; }
+    if (m2 > m || (m2 == m && arg2 < arg)) arg = arg2;
     float nm = fmaxf(m, m2);
-    float a = __expf(m - nm), b = __expf(m2 - nm);
+    float a = fast_exp2((m - nm) * LOG2E), b = fast_exp2((m2 - nm) * LOG2E);
     // (x - nm) = (x - m) + (m - nm): shift the weighted sums along with the scale.
     w = a * (w + (m - nm) * s) + b * (w2 + (m2 - nm) * s2);
     s = a * s + b * s2;
     m = nm;
 }
 
-template <typename T, int KIND>
-__device__ void forward_row(const T* logits, const i64* labels, Rows rows, i64 ignore_index, int with_stats,
+template <int KIND, bool STATS>
+__device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index,
                             float* logps, float* lse_out, float* entropy, float* correct) {
+    typedef Elem<KIND> E;
+    typedef typename E::T T;
     __shared__ float sm[BLOCK], ss[BLOCK], sw[BLOCK];
-    __shared__ int first_max[BLOCK];
-    i64 r = blockIdx.x;
-    i64 y = rows.label(labels, r);
-    if (y == ignore_index) {
+    __shared__ i64 sarg[BLOCK];
+    const i64 r = blockIdx.x;
+    const i64 y = rows.label(labels, r);
+    const i64 V = rows.vocab;
+    if (y == ignore_index || y < 0 || y >= V) {
+        // Ignored: zeros. Out of range (refused before launch in eager mode; unchecked inside a
+        // CUDA graph capture): NaN rather than a read outside the row.
         if (threadIdx.x == 0) {
-            logps[r] = 0.f; lse_out[r] = 0.f;
-            if (with_stats) { entropy[r] = 0.f; correct[r] = 0.f; }
+            float v = y == ignore_index ? 0.f : __int_as_float(0x7fc00000);
+            logps[r] = v; lse_out[r] = v;
+            if (STATS) { entropy[r] = v; correct[r] = 0.f; }
         }
         return;
     }
-    const i64 base = rows.offset(r);
-    float m = NEG_INF, s = 0.f, w = 0.f;
-    int arg = 0x7fffffff;
-    for (i64 j = threadIdx.x; j < rows.vocab; j += BLOCK) {
-        float x = KIND == 0 ? load((const float*)logits, base + j) : load((const u16*)logits, base + j, KIND == 1);
-        if (x > m) {
-            if (m != NEG_INF) { float a = __expf(m - x); w = a * (w + (m - x) * s); s = a * s; }
-            m = x;
-            arg = (int)j;
-        }
-        float d = x - m, e = __expf(d);
-        s += e;
-        if (e > 0.f) w += d * e;
-        if (x != x) s = x;  // NaN propagates, as in log_softmax
+    const T* row = logits + rows.offset(r);
+    Online st;
+    const i64 head = head_elements(row, V);
+    for (i64 j = threadIdx.x; j < head; j += BLOCK) {
+        float x = E::get(row, j);
+        st.template add<1, STATS>(&x, x, j);
     }
-    sm[threadIdx.x] = m; ss[threadIdx.x] = s; sw[threadIdx.x] = w; first_max[threadIdx.x] = arg;
-    __syncthreads();
+    const T* body = row + head;
+    const i64 nvec = (V - head) / E::PER_VEC;
+    // UNROLL independent 16-byte loads per thread before any of them is used.
+    i64 v0 = threadIdx.x;
+    for (; v0 + (UNROLL - 1) * BLOCK < nvec; v0 += UNROLL * BLOCK) {
+        Vec16 raw[UNROLL];
+        for (int u = 0; u < UNROLL; ++u) raw[u] = load16(body + (v0 + u * BLOCK) * E::PER_VEC);
+        for (int u = 0; u < UNROLL; ++u) {
+            float x[E::PER_VEC];
+            E::unpack(raw[u], x);
+            float vmax = x[0]; int karg = 0;
+            for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
+            st.template add<E::PER_VEC, STATS>(x, vmax, head + (v0 + u * BLOCK) * E::PER_VEC + karg);
+        }
+    }
+    for (; v0 < nvec; v0 += BLOCK) {
+        float x[E::PER_VEC];
+        E::unpack(load16(body + v0 * E::PER_VEC), x);
+        float vmax = x[0]; int karg = 0;
+        for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
+        st.template add<E::PER_VEC, STATS>(x, vmax, head + v0 * E::PER_VEC + karg);
+    }
+    for (i64 j = head + nvec * E::PER_VEC + threadIdx.x; j < V; j += BLOCK) {
+        float x = E::get(row, j);
+        st.template add<1, STATS>(&x, x, j);
+    }
+    sm[threadIdx.x] = st.m; ss[threadIdx.x] = st.s; sw[threadIdx.x] = st.w; sarg[threadIdx.x] = st.arg;
+    const int row_nan = __syncthreads_or(st.nan || st.s != st.s);
     for (int half = BLOCK / 2; half > 0; half >>= 1) {
         if (threadIdx.x < half) {
             int o = threadIdx.x + half;
-            float m1 = sm[threadIdx.x];
-            if (sm[o] > m1 || (sm[o] == m1 && first_max[o] < first_max[threadIdx.x])) first_max[threadIdx.x] = first_max[o];
-            merge(sm[threadIdx.x], ss[threadIdx.x], sw[threadIdx.x], sm[o], ss[o], sw[o]);
+            merge(sm[threadIdx.x], ss[threadIdx.x], sw[threadIdx.x], sarg[threadIdx.x], sm[o], ss[o], sw[o], sarg[o]);
         }
         __syncthreads();
     }
     if (threadIdx.x == 0) {
+        const float nan = __int_as_float(0x7fc00000);
         float mx = sm[0], sum = ss[0], log_s = logf(sum);
-        float target = KIND == 0 ? load((const float*)logits, base + y) : load((const u16*)logits, base + y, KIND == 1);
-        logps[r] = (target - mx) - log_s;
-        lse_out[r] = mx + log_s;
-        if (with_stats) {
-            entropy[r] = log_s - sw[0] / sum;
-            correct[r] = (first_max[0] == (int)y) ? 1.f : 0.f;
+        float target = E::get(row, y);
+        float lse = mx + log_s;
+        if (row_nan) lse = nan;
+        logps[r] = row_nan ? nan : (target - mx) - log_s;
+        lse_out[r] = lse;
+        if (STATS) {
+            entropy[r] = row_nan ? nan : log_s - sw[0] / sum;
+            correct[r] = (!row_nan && sarg[0] == y) ? 1.f : 0.f;
         }
     }
 }
 
-template <typename T, int KIND>
-__device__ void backward_row(const T* logits, const i64* labels, Rows rows, i64 ignore_index,
-                             const float* grad_logps, const float* lse, T* grad, i64 positions) {
-    // Rows of the full [batch, positions, vocab] gradient: the last position (when shifting)
-    // and ignored positions get zeros.
-    i64 row = blockIdx.x, b = row / positions, t = row % positions;
-    T* out = grad + row * rows.vocab;
-    i64 y = t < rows.used ? labels[b * rows.labels_stride + t + rows.shift] : ignore_index;
-    if (y == ignore_index) {
-        for (i64 j = threadIdx.x; j < rows.vocab; j += BLOCK) out[j] = (T)0;
-        return;
+// The gradient of one logits row: g·(onehot(y) − exp(x − lse)), into a contiguous [.., V] buffer
+// (which may be the logits row itself: every element is read before it is written, by the same
+// thread). Ignored rows (and the last position when shifting) get zeros.
+template <int KIND>
+__device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index,
+                             const float* grad_logps, const float* lse, typename Elem<KIND>::T* grad, i64 positions) {
+    typedef Elem<KIND> E;
+    typedef typename E::T T;
+    const i64 row_index = blockIdx.x, b = row_index / positions, t = row_index % positions;
+    const i64 V = rows.vocab;
+    T* out = grad + row_index * V;
+    const i64 y = t < rows.used ? labels[b * rows.labels_stride + t + rows.shift] : ignore_index;
+    const bool zero = y == ignore_index;
+    const i64 r = b * rows.used + t;
+    const float g = zero ? 0.f : grad_logps[r];
+    const float l = zero ? 0.f : lse[r];
+    const T* in = logits + b * rows.batch_stride + t * rows.position_stride;
+    // p = exp(x − lse); an out-of-range y (NaN lse from the forward) gives NaN, not a wild write.
+    #define GRAD(x, j) (zero ? 0.f : g * (((j) == y ? 1.f : 0.f) - fast_exp2(((x) - l) * LOG2E)))
+    const bool same_alignment = (((u64)in ^ (u64)out) & 15u) == 0;
+    const i64 head = same_alignment ? head_elements(out, V) : V;
+    for (i64 j = threadIdx.x; j < head; j += BLOCK) {
+        float x = zero ? 0.f : E::get(in, j);
+        E::put(out, j, GRAD(x, j));
     }
-    i64 r = b * rows.used + t;
-    const i64 base = b * rows.batch_stride + t * rows.position_stride;
-    float g = grad_logps[r], l = lse[r];
-    for (i64 j = threadIdx.x; j < rows.vocab; j += BLOCK) {
-        float x = KIND == 0 ? load((const float*)logits, base + j) : load((const u16*)logits, base + j, KIND == 1);
-        float v = g * ((j == y ? 1.f : 0.f) - __expf(x - l));
-        if (KIND == 0) ((float*)out)[j] = v; else ((u16*)out)[j] = store16(v, KIND == 1);
+    if (head == V) return;
+    const i64 nvec = (V - head) / E::PER_VEC;
+    const T* vin = in + head;
+    T* vout = out + head;
+    i64 v0 = threadIdx.x;
+    for (; v0 + (UNROLL - 1) * BLOCK < nvec; v0 += UNROLL * BLOCK) {
+        Vec16 raw[UNROLL];
+        if (!zero)
+            for (int u = 0; u < UNROLL; ++u) raw[u] = load16(vin + (v0 + u * BLOCK) * E::PER_VEC);
+        for (int u = 0; u < UNROLL; ++u) {
+            float x[E::PER_VEC];
+            const i64 j0 = head + (v0 + u * BLOCK) * E::PER_VEC;
+            if (!zero) E::unpack(raw[u], x);
+            for (int k = 0; k < E::PER_VEC; ++k) x[k] = zero ? 0.f : GRAD(x[k], j0 + k);
+            store16(vout + (v0 + u * BLOCK) * E::PER_VEC, E::pack(x));
+        }
     }
+    for (; v0 < nvec; v0 += BLOCK) {
+        float x[E::PER_VEC];
+        const i64 j0 = head + v0 * E::PER_VEC;
+        if (!zero) E::unpack(load16(vin + v0 * E::PER_VEC), x);
+        for (int k = 0; k < E::PER_VEC; ++k) x[k] = zero ? 0.f : GRAD(x[k], j0 + k);
+        store16(vout + v0 * E::PER_VEC, E::pack(x));
+    }
+    for (i64 j = head + nvec * E::PER_VEC + threadIdx.x; j < V; j += BLOCK) {
+        float x = zero ? 0.f : E::get(in, j);
+        E::put(out, j, GRAD(x, j));
+    }
+    #undef GRAD
 }
 
-#define INSTANTIATE(NAME, T, KIND)                                                                      \
-    extern "C" __global__ void __launch_bounds__(BLOCK) logps_forward_##NAME(                           \
-        const T* logits, const i64* labels, Rows rows, i64 ignore_index, int with_stats, float* logps,  \
-        float* lse, float* entropy, float* correct) {                                                   \
-        forward_row<T, KIND>(logits, labels, rows, ignore_index, with_stats, logps, lse, entropy, correct); \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(BLOCK) logps_backward_##NAME(                          \
-        const T* logits, const i64* labels, Rows rows, i64 ignore_index, const float* grad_logps,      \
-        const float* lse, T* grad, i64 positions) {                                                     \
-        backward_row<T, KIND>(logits, labels, rows, ignore_index, grad_logps, lse, grad, positions);    \
+#define INSTANTIATE(NAME, KIND)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(BLOCK) logps_forward_##NAME(                                    \
+        const Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index, int with_stats,            \
+        float* logps, float* lse, float* entropy, float* correct) {                                              \
+        if (with_stats) forward_row<KIND, true>(logits, labels, rows, ignore_index, logps, lse, entropy, correct); \
+        else forward_row<KIND, false>(logits, labels, rows, ignore_index, logps, lse, entropy, correct);          \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BLOCK) logps_backward_##NAME(                                   \
+        const Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index, const float* grad_logps,   \
+        const float* lse, Elem<KIND>::T* grad, i64 positions) {                                                  \
+        backward_row<KIND>(logits, labels, rows, ignore_index, grad_logps, lse, grad, positions);               \
     }
 
-INSTANTIATE(f32, float, 0)
-INSTANTIATE(bf16, u16, 1)
-INSTANTIATE(f16, u16, 2)
+INSTANTIATE(f32, 0)
+INSTANTIATE(bf16, 1)
+INSTANTIATE(f16, 2)

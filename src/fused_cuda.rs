@@ -1,0 +1,173 @@
+//! Tensor bindings of the CUDA kernel (`cuda/logps.cu`): validate, release the GIL, allocate the
+//! outputs with PyTorch's allocator, and queue the kernel on the stream the caller names (PyTorch's
+//! current stream, passed from Python as `torch.cuda.current_stream().cuda_stream`).
+//!
+//! Autograd and the fallback when the kernel is unavailable live in Python (`simper_rs.ops`).
+use std::ffi::c_void;
+
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use tch::{Device, Kind, Tensor};
+
+use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows};
+use crate::error::{Error, Result};
+use crate::fused_cpu::{rows_view, ForwardTensors};
+use crate::torch::{check_logits_labels, dtype_name};
+
+fn cuda_ordinal(name: &str, tensor: &Tensor) -> Result<i32> {
+    match tensor.device() {
+        Device::Cuda(i) => Ok(i as i32),
+        other => Err(Error::value(format!("the CUDA kernel needs {name} on a CUDA device, got {other:?}"))),
+    }
+}
+
+fn element_kind(kind: Kind) -> Result<ElementKind> {
+    match kind {
+        Kind::Float => Ok(ElementKind::F32),
+        Kind::BFloat16 => Ok(ElementKind::Bf16),
+        Kind::Half => Ok(ElementKind::F16),
+        other => Err(Error::type_(format!(
+            "the CUDA kernel takes float32, bfloat16 or float16 logits, got {} (float64 runs through libtorch ops)",
+            dtype_name(other)
+        ))),
+    }
+}
+
+/// A pointer to a kernel parameter, as cuLaunchKernel takes them.
+fn param<T>(value: &T) -> *mut c_void {
+    value as *const T as *mut c_void
+}
+
+/// Forward on CUDA after the caller's validation: (logps, lse, entropy, correct), float32 [B, T'].
+/// `logits` is [B, T, V] with any batch and position strides; `labels` [B, T].
+pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, stream: u64) -> Result<ForwardTensors> {
+    let ordinal = cuda_ordinal("logits", logits)?;
+    let element = element_kind(logits.kind())?;
+    let logits = rows_view(logits);
+    let labels = labels.contiguous();
+    let (size, stride) = (logits.size(), logits.stride());
+    let used = size[1] - shift as i64;
+    let options = (Kind::Float, logits.device());
+    let logps = Tensor::empty([size[0], used], options);
+    let lse = Tensor::empty([size[0], used], options);
+    let stats_shape: &[i64] = if with_stats { &[size[0], used] } else { &[0] };
+    let entropy = Tensor::empty(stats_shape, options);
+    let correct = Tensor::empty(stats_shape, options);
+    let rows = Rows { used, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 };
+    let kernels = kernels(ordinal)?;
+    let (logits_ptr, labels_ptr) = (logits.data_ptr(), labels.data_ptr());
+    let (logps_ptr, lse_ptr, entropy_ptr, correct_ptr) = (logps.data_ptr(), lse.data_ptr(), entropy.data_ptr(), correct.data_ptr());
+    let with_stats = with_stats as i32;
+    let mut params = [
+        param(&logits_ptr),
+        param(&labels_ptr),
+        param(&rows),
+        param(&ignore_index),
+        param(&with_stats),
+        param(&logps_ptr),
+        param(&lse_ptr),
+        param(&entropy_ptr),
+        param(&correct_ptr),
+    ];
+    // SAFETY: the parameters match `logps_forward_*`; every buffer lives on this device and is
+    // held by a tensor that PyTorch's caching allocator keeps for the stream the kernel runs on.
+    unsafe { kernels.launch(Kernel::Forward(element), size[0] * used, &mut params, stream as usize as _)? };
+    Ok((logps, lse, entropy, correct))
+}
+
+/// Backward on CUDA: the gradient of `logits`, [B, T, V] contiguous, written by `grad` rows of the
+/// kernel. `out` may be the logits themselves when they are a contiguous buffer the caller owns.
+fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, stream: u64) -> Result<()> {
+    let ordinal = cuda_ordinal("logits", logits)?;
+    let element = element_kind(logits.kind())?;
+    let labels = labels.contiguous();
+    let grad_logps = grad_logps.to_kind(Kind::Float).contiguous();
+    let lse = lse.to_kind(Kind::Float).contiguous();
+    let (size, stride) = (logits.size(), logits.stride());
+    let used = size[1] - shift as i64;
+    let rows = Rows { used, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 };
+    let kernels = kernels(ordinal)?;
+    let (logits_ptr, labels_ptr, grad_logps_ptr, lse_ptr, out_ptr) = (logits.data_ptr(), labels.data_ptr(), grad_logps.data_ptr(), lse.data_ptr(), out.data_ptr());
+    let positions = size[1];
+    let mut params = [
+        param(&logits_ptr),
+        param(&labels_ptr),
+        param(&rows),
+        param(&ignore_index),
+        param(&grad_logps_ptr),
+        param(&lse_ptr),
+        param(&out_ptr),
+        param(&positions),
+    ];
+    // SAFETY: as in `forward_validated`; `out` is a contiguous [B, T, V] buffer of the logits' dtype.
+    unsafe { kernels.launch(Kernel::Backward(element), size[0] * size[1], &mut params, stream as usize as _) }
+}
+
+pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, stream: u64) -> Result<Tensor> {
+    let logits = rows_view(logits);
+    let grad = Tensor::empty(logits.size(), (logits.kind(), logits.device()));
+    backward_into(&grad, grad_logps, &logits, labels, lse, ignore_index, shift, stream)?;
+    Ok(grad)
+}
+
+/// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
+/// the gradient); `targets`, `grad_logps` and `lse` are `[n]`.
+pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index: i64, grad_logps: &Tensor, lse: &Tensor, stream: u64) -> Result<()> {
+    if !logits.is_contiguous() || logits.dim() != 2 {
+        return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
+    }
+    let rows = logits.unsqueeze(0);
+    backward_into(&rows, &grad_logps.unsqueeze(0), &rows, &targets.unsqueeze(0), &lse.unsqueeze(0), ignore_index, false, stream)
+}
+
+/// Fused forward on CUDA, queued on `stream`: (token log-probs, logsumexp, entropy, argmax ==
+/// label), each float32 [B, T']. `check_values` reads the labels back to refuse out-of-range ids
+/// (a synchronisation, so it is skipped during CUDA graph capture; the kernel then writes NaN).
+#[pyfunction]
+#[pyo3(signature = (logits, labels, ignore_index, shift, with_stats, stream, check_values = true))]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_token_logps_forward_cuda(
+    py: Python<'_>,
+    logits: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    with_stats: bool,
+    stream: u64,
+    check_values: bool,
+) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
+    let (a, b, c, d) = py.allow_threads(move || {
+        if check_values {
+            check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
+        } else {
+            crate::torch::check_logits_labels_shapes(&logits, &labels, shift)?;
+        }
+        forward_validated(&logits, &labels, ignore_index, shift, with_stats, stream)
+    })?;
+    Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
+}
+
+/// Fused backward on CUDA, queued on `stream`: the gradient of the logits in their dtype.
+#[pyfunction]
+#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index, shift, stream))]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_token_logps_backward_cuda(
+    py: Python<'_>,
+    grad_logps: PyTensor,
+    logits: PyTensor,
+    labels: PyTensor,
+    lse: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    stream: u64,
+) -> PyResult<PyTensor> {
+    let grad = py.allow_threads(move || backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift, stream))?;
+    Ok(PyTensor(grad))
+}
+
+/// Why the CUDA kernel cannot run on device `ordinal`, or None when it is compiled, loaded and
+/// ready (the first call compiles it: about a second).
+#[pyfunction]
+pub fn cuda_kernel_status(py: Python<'_>, ordinal: i32) -> Option<String> {
+    py.allow_threads(|| kernels(ordinal).err().map(|err| err.to_string()))
+}
