@@ -1,18 +1,17 @@
 //! Tensor bindings of the fused CPU kernels (`kernels::logps`): validate, release the GIL,
 //! borrow the tensors' memory as slices (honouring strides), and run on the kernel pool.
 //!
-//! Autograd is registered in Python (`simper_rs.ops`, `torch.library.custom_op`), whose
-//! backward calls [`fused_token_logps_backward`].
+//! The Python entry points are in `fused_ops.rs`; autograd is registered in Python
+//! (`simper_rs.ops`, `torch.library.custom_op`).
 use half::{bf16, f16};
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kernels::element::Logit;
 use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
 use crate::threads;
-use crate::torch::{accumulation_kind, check_logits_labels, dtype_name};
+use crate::torch::{accumulation_kind, dtype_name};
 
 impl From<KernelError> for Error {
     fn from(err: KernelError) -> Self {
@@ -99,14 +98,9 @@ fn tensor_slice_mut<T>(tensor: &mut Tensor) -> &mut [T] {
 
 pub(crate) type ForwardTensors = (Tensor, Tensor, Tensor, Tensor);
 
-/// Fused forward of a (logits, labels) pair, validated first as SPEC §6 asks.
-fn forward(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
-    check_logits_labels(logits, labels, ignore_index, shift, false)?;
-    forward_validated(logits, labels, ignore_index, shift, with_stats)
-}
-
-/// [`forward`] for inputs the caller has already validated (the fused-linear op checks its labels
-/// once, not once per chunk). The kernel still refuses out-of-range labels and short buffers.
+/// Fused forward on CPU for inputs the caller has validated (`fused_ops`; the fused-linear op checks
+/// its labels once, not once per chunk). The kernel still refuses out-of-range labels and short
+/// buffers.
 pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
@@ -167,38 +161,6 @@ pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_in
         threads::install(|| logps::backward_in_place::<E>(rows, vocab, labels, ignore_index, upstream, lse))?;
         Ok(())
     })
-}
-
-/// Fused forward on CPU: (token log-probs, logsumexp, entropy, argmax == label), each [B, T'];
-/// the two statistics are empty tensors unless `with_stats`.
-#[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, with_stats = false))]
-pub fn fused_token_logps_forward(
-    py: Python<'_>,
-    logits: PyTensor,
-    labels: PyTensor,
-    ignore_index: i64,
-    shift: bool,
-    with_stats: bool,
-) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
-    let (a, b, c, d) = py.allow_threads(move || forward(&logits, &labels, ignore_index, shift, with_stats))?;
-    Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
-}
-
-/// Fused backward on CPU: the gradient of the logits (a fresh tensor in their dtype).
-#[pyfunction]
-#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index = -100, shift = true))]
-pub fn fused_token_logps_backward(
-    py: Python<'_>,
-    grad_logps: PyTensor,
-    logits: PyTensor,
-    labels: PyTensor,
-    lse: PyTensor,
-    ignore_index: i64,
-    shift: bool,
-) -> PyResult<PyTensor> {
-    let grad = py.allow_threads(move || backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift))?;
-    Ok(PyTensor(grad))
 }
 
 /// Number of threads the CPU kernels use: `SIMPER_RS_NUM_THREADS`, else `torch.get_num_threads()`.

@@ -2,17 +2,17 @@
 //! outputs with PyTorch's allocator, and queue the kernel on the stream the caller names (PyTorch's
 //! current stream, passed from Python as `torch.cuda.current_stream().cuda_stream`).
 //!
-//! Autograd and the fallback when the kernel is unavailable live in Python (`simper_rs.ops`).
+//! The Python entry points are in `fused_ops.rs`; autograd and the fallback when the kernel is
+//! unavailable live in Python (`simper_rs.ops`).
 use std::ffi::c_void;
 
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 use tch::{Device, Kind, Tensor};
 
 use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows};
 use crate::error::{Error, Result};
 use crate::fused_cpu::{rows_view, ForwardTensors};
-use crate::torch::{check_logits_labels, dtype_name};
+use crate::torch::dtype_name;
 
 fn cuda_ordinal(name: &str, tensor: &Tensor) -> Result<i32> {
     match tensor.device() {
@@ -77,6 +77,7 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
 
 /// Backward on CUDA: the gradient of `logits`, [B, T, V] contiguous, written by `grad` rows of the
 /// kernel. `out` may be the logits themselves when they are a contiguous buffer the caller owns.
+#[allow(clippy::too_many_arguments)]
 fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, stream: u64) -> Result<()> {
     let ordinal = cuda_ordinal("logits", logits)?;
     let element = element_kind(logits.kind())?;
@@ -118,51 +119,6 @@ pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index:
     }
     let rows = logits.unsqueeze(0);
     backward_into(&rows, &grad_logps.unsqueeze(0), &rows, &targets.unsqueeze(0), &lse.unsqueeze(0), ignore_index, false, stream)
-}
-
-/// Fused forward on CUDA, queued on `stream`: (token log-probs, logsumexp, entropy, argmax ==
-/// label), each float32 [B, T']. `check_values` reads the labels back to refuse out-of-range ids
-/// (a synchronisation, so it is skipped during CUDA graph capture; the kernel then writes NaN).
-#[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index, shift, with_stats, stream, check_values = true))]
-#[allow(clippy::too_many_arguments)]
-pub fn fused_token_logps_forward_cuda(
-    py: Python<'_>,
-    logits: PyTensor,
-    labels: PyTensor,
-    ignore_index: i64,
-    shift: bool,
-    with_stats: bool,
-    stream: u64,
-    check_values: bool,
-) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
-    let (a, b, c, d) = py.allow_threads(move || {
-        if check_values {
-            check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
-        } else {
-            crate::torch::check_logits_labels_shapes(&logits, &labels, shift)?;
-        }
-        forward_validated(&logits, &labels, ignore_index, shift, with_stats, stream)
-    })?;
-    Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d)))
-}
-
-/// Fused backward on CUDA, queued on `stream`: the gradient of the logits in their dtype.
-#[pyfunction]
-#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index, shift, stream))]
-#[allow(clippy::too_many_arguments)]
-pub fn fused_token_logps_backward_cuda(
-    py: Python<'_>,
-    grad_logps: PyTensor,
-    logits: PyTensor,
-    labels: PyTensor,
-    lse: PyTensor,
-    ignore_index: i64,
-    shift: bool,
-    stream: u64,
-) -> PyResult<PyTensor> {
-    let grad = py.allow_threads(move || backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift, stream))?;
-    Ok(PyTensor(grad))
 }
 
 /// Why the CUDA kernel cannot run on device `ordinal`, or None when it is compiled, loaded and

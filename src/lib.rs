@@ -6,6 +6,7 @@
 //! - `torch.rs`: bindings for `torch.Tensor` arguments (validation, GIL release, libtorch ops);
 //! - `cuda/`: the CUDA kernel's source, its NVRTC compilation and its launch (driver API);
 //! - `fused_cuda.rs`: tensor bindings of the CUDA kernel (PyTorch's allocator and stream);
+//! - `fused_ops.rs`: the Python entry points of the fused op, dispatching on the device;
 //! - `numpy.rs`: the same kernels and formulas on numpy arrays;
 //! - `fused_cpu.rs`: tensor bindings of the fused CPU kernels; `threads.rs`: their thread pool;
 //! - `fused_linear.rs`: log-probs from hidden states and the lm_head weight, chunked.
@@ -15,6 +16,7 @@ pub mod cuda;
 pub mod error;
 pub mod fused_cpu;
 pub mod fused_cuda;
+pub mod fused_ops;
 pub mod fused_linear;
 pub mod kernels;
 pub mod losses;
@@ -37,6 +39,14 @@ fn cuda_compile_kernel(py: Python<'_>, arch: &str) -> PyResult<pyo3::Py<pyo3::ty
     Ok(pyo3::types::PyBytes::new(py, &image).unbind())
 }
 
+/// ptxas's resource report (registers, shared memory, stack frame, spills) of every kernel for
+/// `sm_XY` given as `10·X + Y`.
+#[pyfunction]
+#[pyo3(signature = (sm = 90))]
+fn cuda_kernel_resource_usage(py: Python<'_>, sm: i32) -> PyResult<String> {
+    Ok(py.allow_threads(|| cuda::resource_usage(sm))?)
+}
+
 /// The GPU architectures (`10·major + minor`) that the loaded NVRTC can compile for.
 #[pyfunction]
 fn cuda_supported_archs() -> PyResult<Vec<i32>> {
@@ -55,8 +65,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(torch::dil_loss, m)?)?;
     m.add_function(wrap_pyfunction!(torch::preference_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(torch::token_stats_torch, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_cpu::fused_token_logps_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_cpu::fused_token_logps_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_ops::fused_token_logps_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_ops::fused_token_logps_backward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_cpu::kernel_threads, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_forward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_backward, m)?)?;
@@ -64,8 +74,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_linear::check_linear_logps_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compile_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_supported_archs, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_cuda::fused_token_logps_forward_cuda, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_cuda::fused_token_logps_backward_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_kernel_resource_usage, m)?)?;
     m.add_function(wrap_pyfunction!(fused_cuda::cuda_kernel_status, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_token_logps, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_sequence_logps, m)?)?;

@@ -34,7 +34,13 @@ def token_stats_torch(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True
 ) -> Tuple[torch.Tensor, torch.Tensor]: ...
 def fused_token_logps_forward(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, with_stats: bool = False
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    with_stats: bool = False,
+    cuda_stream: Optional[int] = None,
+    check_values: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 def fused_token_logps_backward(
     grad_logps: torch.Tensor,
@@ -43,6 +49,7 @@ def fused_token_logps_backward(
     lse: torch.Tensor,
     ignore_index: int = -100,
     shift: bool = True,
+    cuda_stream: Optional[int] = None,
 ) -> torch.Tensor: ...
 def kernel_threads() -> int: ...
 def numpy_token_logps(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100, shift: bool = True) -> np.ndarray: ...
@@ -96,22 +103,5 @@ def linear_token_logps_backward(
 def linear_chunk_rows(vocab: int, dtype_bytes: int) -> int: ...
 def cuda_compile_kernel(arch: str = "sm_90") -> bytes: ...
 def cuda_supported_archs() -> List[int]: ...
-def fused_token_logps_forward_cuda(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int,
-    shift: bool,
-    with_stats: bool,
-    stream: int,
-    check_values: bool = True,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
-def fused_token_logps_backward_cuda(
-    grad_logps: torch.Tensor,
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    lse: torch.Tensor,
-    ignore_index: int,
-    shift: bool,
-    stream: int,
-) -> torch.Tensor: ...
+def cuda_kernel_resource_usage(sm: int = 90) -> str: ...
 def cuda_kernel_status(ordinal: int) -> Optional[str]: ...

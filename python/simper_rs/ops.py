@@ -63,7 +63,7 @@ def _fused_token_logps(
         # under capture the kernel itself turns an out-of-range label into NaN.
         check_values = not torch.cuda.is_current_stream_capturing()
         stream = _cuda.current_stream(logits.device)
-        return _core.fused_token_logps_forward_cuda(logits, labels, ignore_index, shift, with_stats, stream, check_values)
+        return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats, stream, check_values)
     return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats)
 
 
@@ -90,10 +90,8 @@ def _fused_token_logps_backward(
     grad_logps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int, shift: bool
 ) -> torch.Tensor:
     _require_storage("logits", logits)
-    if logits.is_cuda:
-        stream = _cuda.current_stream(logits.device)
-        return _core.fused_token_logps_backward_cuda(grad_logps, logits, labels, lse, ignore_index, shift, stream)
-    return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift)
+    stream = _cuda.current_stream(logits.device) if logits.is_cuda else None
+    return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift, stream)
 
 
 @_fused_token_logps_backward.register_fake

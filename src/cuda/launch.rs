@@ -133,7 +133,8 @@ impl DeviceKernels {
 
     /// Queue `kernel` on `stream` with one block of [`BLOCK_THREADS`] per row.
     ///
-    /// SAFETY: `params` must point to values whose types and order match the kernel's
+    /// # Safety
+    /// `params` must point to values whose types and order match the kernel's
     /// parameters, and every pointer among them must be valid device memory of this device for
     /// what the kernel reads and writes, until the stream has run the kernel.
     pub unsafe fn launch(&self, kernel: Kernel, rows: i64, params: &mut [*mut c_void], stream: CUstream) -> Result<()> {

@@ -9,20 +9,26 @@
 // shift is a view); the vocabulary axis must be contiguous. Rows are read in 16-byte vectors,
 // UNROLL of them in flight per thread, after a scalar head that reaches 16-byte alignment (rows
 // of an odd vocabulary size start anywhere). No CUDA headers are needed: bf16/f16 conversions,
-// vector loads and streaming stores are written in PTX.
+// vector loads, streaming stores and the fast exp2 are written in PTX.
 
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
 typedef unsigned long long u64;
 
-#define BLOCK 256
+#ifndef BLOCK
+#define BLOCK 256  // threads per block (the launcher uses the same number)
+#endif
 #define UNROLL 4
 #define NEG_INF (__int_as_float(0xff800000))
 #define LOG2E 1.4426950408889634f
 
 struct Vec16 { u32 w[4]; };
 
+// The primitives written in PTX. tests/test_cuda_emulated.py compiles this file as plain C++
+// (SIMPER_RS_HOST_EMULATION, threads for a block) to check the kernel's logic without a GPU, with
+// the C++ equivalents below.
+#ifndef SIMPER_RS_HOST_EMULATION
 __device__ __forceinline__ Vec16 load16(const void* p) {
     Vec16 v;
     // .cs: streamed once, evict first (a row is never re-read by this kernel).
@@ -34,19 +40,42 @@ __device__ __forceinline__ void store16(void* p, const Vec16& v) {
     asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};"
                  :: "l"(p), "r"(v.w[0]), "r"(v.w[1]), "r"(v.w[2]), "r"(v.w[3]) : "memory");
 }
-
 // 2^x by the special-function unit (ex2.approx: 2 ulp, subnormals flushed); exp(d) = 2^(d·log2 e).
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
-
 __device__ __forceinline__ float half_to_float(u16 bits) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
     return f;
 }
+// Two floats rounded to nearest even and packed, `lo` in the low half (sm_80+; NaN stays NaN).
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+#else
+inline Vec16 load16(const void* p) { Vec16 v; memcpy(&v, p, 16); return v; }
+inline void store16(void* p, const Vec16& v) { memcpy(p, &v, 16); }
+inline float fast_exp2(float x) { return exp2f(x); }
+inline float half_to_float(u16 bits) { _Float16 h; memcpy(&h, &bits, 2); return (float)h; }
+inline u16 bf16_bits(float v) {
+    u32 u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40);
+    return (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline u16 f16_bits(float v) { _Float16 h = (_Float16)v; u16 b; memcpy(&b, &h, 2); return b; }
+inline u32 pack_bf16x2(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
+inline u32 pack_f16x2(float lo, float hi) { return (u32)f16_bits(lo) | ((u32)f16_bits(hi) << 16); }
+#endif
 
 // The element types: KIND 0 = float32, 1 = bfloat16, 2 = float16. PER_VEC elements per 16 bytes.
 template <int KIND> struct Elem;
@@ -68,11 +97,7 @@ template <> struct Elem<1> {
     typedef u16 T;
     enum { PER_VEC = 8 };
     static __device__ __forceinline__ float get(const T* p, i64 i) { return __uint_as_float(((u32)p[i]) << 16); }
-    static __device__ __forceinline__ u32 pair(float lo, float hi) {
-        u32 d;  // round to nearest even, NaN stays NaN (sm_80+)
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-        return d;
-    }
+    static __device__ __forceinline__ u32 pair(float lo, float hi) { return pack_bf16x2(lo, hi); }
     static __device__ __forceinline__ void put(T* p, i64 i, float v) { p[i] = (u16)(pair(v, 0.f) & 0xffffu); }
     static __device__ __forceinline__ void unpack(const Vec16& v, float* x) {
         for (int k = 0; k < 4; ++k) {
@@ -90,11 +115,7 @@ template <> struct Elem<2> {
     typedef u16 T;
     enum { PER_VEC = 8 };
     static __device__ __forceinline__ float get(const T* p, i64 i) { return half_to_float(p[i]); }
-    static __device__ __forceinline__ u32 pair(float lo, float hi) {
-        u32 d;
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-        return d;
-    }
+    static __device__ __forceinline__ u32 pair(float lo, float hi) { return pack_f16x2(lo, hi); }
     static __device__ __forceinline__ void put(T* p, i64 i, float v) { p[i] = (u16)(pair(v, 0.f) & 0xffffu); }
     static __device__ __forceinline__ void unpack(const Vec16& v, float* x) {
         for (int k = 0; k < 4; ++k) {
@@ -226,9 +247,9 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     }
     sm[threadIdx.x] = st.m; ss[threadIdx.x] = st.s; sw[threadIdx.x] = st.w; sarg[threadIdx.x] = st.arg;
     const int row_nan = __syncthreads_or(st.nan || st.s != st.s);
-    for (int half = BLOCK / 2; half > 0; half >>= 1) {
+    for (unsigned half = BLOCK / 2; half > 0; half >>= 1) {
         if (threadIdx.x < half) {
-            int o = threadIdx.x + half;
+            unsigned o = threadIdx.x + half;
             merge(sm[threadIdx.x], ss[threadIdx.x], sw[threadIdx.x], sarg[threadIdx.x], sm[o], ss[o], sw[o], sarg[o]);
         }
         __syncthreads();

@@ -72,13 +72,32 @@ pub enum Target {
 
 /// Compile the kernel source with NVRTC for `target`: the CUBIN or the PTX text, as bytes.
 pub fn compile(target: Target) -> Result<Vec<u8>> {
+    compile_with_log(target, &[]).map(|(image, _)| image)
+}
+
+/// ptxas's report for a CUBIN target: registers, shared memory, stack frame and spills of each
+/// kernel (what decides occupancy, and whether a register array fell back to local memory).
+pub fn resource_usage(sm: i32) -> Result<String> {
+    compile_with_log(Target::Cubin(sm), &["--ptxas-options=-v"]).map(|(_, log)| log)
+}
+
+fn program_log(program: nvrtc_sys::nvrtcProgram) -> String {
+    // SAFETY: `program` is a live NVRTC program.
+    let log = unsafe { nvrtc::get_program_log(program) }.unwrap_or_default();
+    let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+    String::from_utf8_lossy(&log).into_owned()
+}
+
+/// [`compile`] with `extra` NVRTC options, also returning NVRTC's log.
+fn compile_with_log(target: Target, extra: &[&str]) -> Result<(Vec<u8>, String)> {
     require_nvrtc()?;
     let source = CString::new(KERNEL_SOURCE).expect("the kernel source has no NUL byte");
     let arch = match target {
         Target::Cubin(sm) => format!("--gpu-architecture=sm_{sm}"),
         Target::Ptx(sm) => format!("--gpu-architecture=compute_{sm}"),
     };
-    let options = [arch.as_str(), "--std=c++17", "--extra-device-vectorization"];
+    let mut options = vec![arch.as_str(), "--std=c++17", "--extra-device-vectorization"];
+    options.extend_from_slice(extra);
     let program = nvrtc::create_program(&source, Some(c"logps.cu"))
         .map_err(|err| Error::runtime(format!("NVRTC could not create the program: {err:?}")))?;
     // SAFETY: `program` is live until destroyed at the end of this block; buffers are sized by
@@ -86,11 +105,7 @@ pub fn compile(target: Target) -> Result<Vec<u8>> {
     let result = unsafe {
         let compiled = nvrtc::compile_program(program, &options);
         let outcome = match compiled {
-            Err(_) => {
-                let log = nvrtc::get_program_log(program).unwrap_or_default();
-                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
-                Err(Error::runtime(format!("the CUDA kernel did not compile for {target:?}:\n{}", String::from_utf8_lossy(&log))))
-            }
+            Err(_) => Err(Error::runtime(format!("the CUDA kernel did not compile for {target:?}:\n{}", program_log(program)))),
             Ok(()) => match target {
                 Target::Cubin(_) => {
                     let mut size = 0usize;
@@ -104,6 +119,7 @@ pub fn compile(target: Target) -> Result<Vec<u8>> {
                     .map_err(|err| Error::runtime(format!("nvrtcGetPTX failed: {err:?}"))),
             },
         };
+        let outcome = outcome.map(|image| (image, program_log(program)));
         let _ = nvrtc::destroy_program(program);
         outcome
     };
