@@ -24,8 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.11.')" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install --quiet --no-deps "torch==2.11.0"
-    "$VENV/bin/python" -m pip install --quiet typing_extensions sympy filelock networkx jinja2 fsspec
+    # torch's own pure-Python needs first, then torch alone (no CUDA wheels: see above).
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check typing_extensions sympy filelock networkx jinja2 fsspec
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "torch==2.11.0"
     site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
     main_site=$("$MAIN_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
     # Appended after the venv's own packages: torch 2.11 stays first, the nvidia/* CUDA
