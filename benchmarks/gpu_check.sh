@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check, in one go, on a fresh NVIDIA machine with no network (about 3 minutes on an
-# H100): the CUDA tests and the GPU benchmark, against the prebuilt package given as $1.
+# Every GPU check, in one go, on a fresh NVIDIA machine with no network (the tests are capped at
+# 4 minutes and the benchmark at 5): the CUDA tests and the GPU benchmark, against the prebuilt
+# package given as $1.
 #
 # That machine has its own Python and torch and nothing can be installed there, so build the
 # matching package here first and bring it along, e.g. for Python 3.12 + torch 2.11:
