@@ -33,6 +33,13 @@ fn element_kind(kind: Kind) -> Result<ElementKind> {
     }
 }
 
+/// The kernel's view of [B, T, V] logits (vocabulary axis contiguous) and their contiguous [B, T]
+/// labels: the positions with a label after the shift, and the strides to reach their rows.
+fn kernel_rows(logits: &Tensor, shift: bool) -> Rows {
+    let (size, stride) = (logits.size(), logits.stride());
+    Rows { used: size[1] - shift as i64, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 }
+}
+
 /// A pointer to a kernel parameter, as cuLaunchKernel takes them.
 fn param<T>(value: &T) -> *mut c_void {
     value as *const T as *mut c_void
@@ -45,15 +52,14 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
     let element = element_kind(logits.kind())?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();
-    let (size, stride) = (logits.size(), logits.stride());
-    let used = size[1] - shift as i64;
+    let rows = kernel_rows(&logits, shift);
+    let (size, used) = (logits.size(), rows.used);
     let options = (Kind::Float, logits.device());
     let logps = Tensor::empty([size[0], used], options);
     let lse = Tensor::empty([size[0], used], options);
     let stats_shape: &[i64] = if with_stats { &[size[0], used] } else { &[0] };
     let entropy = Tensor::empty(stats_shape, options);
     let correct = Tensor::empty(stats_shape, options);
-    let rows = Rows { used, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 };
     let kernels = kernels(ordinal)?;
     let (logits_ptr, labels_ptr) = (logits.data_ptr(), labels.data_ptr());
     let (logps_ptr, lse_ptr, entropy_ptr, correct_ptr) = (logps.data_ptr(), lse.data_ptr(), entropy.data_ptr(), correct.data_ptr());
@@ -84,9 +90,8 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
     let labels = labels.contiguous();
     let grad_logps = grad_logps.to_kind(Kind::Float).contiguous();
     let lse = lse.to_kind(Kind::Float).contiguous();
-    let (size, stride) = (logits.size(), logits.stride());
-    let used = size[1] - shift as i64;
-    let rows = Rows { used, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 };
+    let size = logits.size();
+    let rows = kernel_rows(logits, shift);
     let kernels = kernels(ordinal)?;
     let (logits_ptr, labels_ptr, grad_logps_ptr, lse_ptr, out_ptr) = (logits.data_ptr(), labels.data_ptr(), grad_logps.data_ptr(), lse.data_ptr(), out.data_ptr());
     let positions = size[1];

@@ -128,8 +128,15 @@ impl<'a> ChunkedLogits<'a> {
 
 type LinearForward = (Tensor, Tensor, Tensor, Tensor);
 
+/// The stream to run the chunks' softmax on in the CUDA kernel, or None for libtorch ops: the
+/// caller's stream when it gave one and the dtype is one the kernel takes (not float64).
+fn cuda_kernel_stream(hidden: &Tensor, cuda_stream: Option<u64>) -> Option<u64> {
+    cuda_stream.filter(|_| matches!(hidden.kind(), Kind::Float | Kind::BFloat16 | Kind::Half))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, with_stats: bool, cuda_stream: Option<u64>) -> Result<LinearForward> {
+    let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
     check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, chunk_size, false)?;
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
@@ -149,7 +156,7 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
         let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
         let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
             fused_cpu::forward_validated(&logits, &targets, ignore_index, false, with_stats)?
-        } else if let (Some(stream), Kind::Float | Kind::BFloat16 | Kind::Half) = (cuda_stream, hidden.kind()) {
+        } else if let Some(stream) = cuda_stream {
             fused_cuda::forward_validated(&logits, &targets, ignore_index, false, with_stats, stream)?
         } else {
             let lp = reference_token_logps(&logits, &targets, ignore_index, false);
@@ -181,6 +188,7 @@ fn reference_row_grads(logits: &Tensor, targets: &Tensor, lse: &Tensor, grad: &T
 
 #[allow(clippy::too_many_arguments)]
 fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, cuda_stream: Option<u64>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
     let acc = accumulation_kind(hidden.kind());
@@ -208,7 +216,7 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
         let row_grads = if hidden.device() == Device::Cpu {
             fused_cpu::backward_in_place(&mut logits, &targets, ignore_index, &g, &l)?;
             logits
-        } else if let (Some(stream), Kind::Float | Kind::BFloat16 | Kind::Half) = (cuda_stream, hidden.kind()) {
+        } else if let Some(stream) = cuda_stream {
             fused_cuda::backward_in_place(&logits, &targets, ignore_index, &g, &l, stream)?;
             logits
         } else {

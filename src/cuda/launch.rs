@@ -57,13 +57,12 @@ impl Drop for ContextGuard {
     }
 }
 
-/// The kernels of one device: its primary context, the loaded module and its six functions.
+/// The kernels of one device: its primary context, the loaded module and its six functions (in
+/// the order of `KERNEL_NAMES`, which [`Kernel::index`] follows).
 pub struct DeviceKernels {
     context: CUcontext,
     _module: CUmodule,
     functions: [CUfunction; 6],
-    /// What was compiled for this device (its own CUBIN, or PTX the driver compiled).
-    pub target: Target,
 }
 
 // SAFETY: driver handles are plain identifiers, valid from any thread once created; the module is
@@ -127,7 +126,7 @@ impl DeviceKernels {
                 let cname = CString::new(name).expect("kernel names have no NUL byte");
                 check(cu::cuModuleGetFunction(slot, module, cname.as_ptr()), "cuModuleGetFunction")?;
             }
-            Ok(DeviceKernels { context, _module: module, functions, target })
+            Ok(DeviceKernels { context, _module: module, functions })
         }
     }
 
