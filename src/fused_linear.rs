@@ -241,7 +241,7 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
 
 /// Validate fused-linear inputs as the public functions do; raises on bad input.
 #[pyfunction]
-#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, require_tokens = false))]
+#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, require_tokens = false), text_signature = "(hidden, weight, bias, labels, ignore_index=-100, shift=True, require_tokens=False)")]
 #[allow(clippy::too_many_arguments)]
 pub fn check_linear_logps_inputs(
     py: Python<'_>,
@@ -262,7 +262,7 @@ pub fn check_linear_logps_inputs(
 /// `cuda_stream` (PyTorch's current stream) runs the per-chunk softmax in the CUDA kernel; None
 /// runs it through libtorch ops.
 #[pyfunction]
-#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, cuda_stream = None))]
+#[pyo3(signature = (hidden, weight, bias, labels, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, cuda_stream = None), text_signature = "(hidden, weight, bias, labels, ignore_index=-100, shift=True, chunk_size=None, with_stats=False, cuda_stream=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_token_logps_forward(
     py: Python<'_>,
@@ -283,7 +283,7 @@ pub fn linear_token_logps_forward(
 /// Fused-linear backward: (grad hidden, grad weight, grad bias or None); `cuda_stream` as in the
 /// forward.
 #[pyfunction]
-#[pyo3(signature = (grad_logps, hidden, weight, bias, labels, lse, ignore_index = -100, shift = true, chunk_size = None, cuda_stream = None))]
+#[pyo3(signature = (grad_logps, hidden, weight, bias, labels, lse, ignore_index = -100, shift = true, chunk_size = None, cuda_stream = None), text_signature = "(grad_logps, hidden, weight, bias, labels, lse, ignore_index=-100, shift=True, chunk_size=None, cuda_stream=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_token_logps_backward(
     py: Python<'_>,

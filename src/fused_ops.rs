@@ -13,7 +13,7 @@ use crate::{fused_cpu, fused_cuda};
 /// synchronisation that CUDA graph capture forbids); the kernels then give NaN (CUDA) or an
 /// error (CPU) for an out-of-range label.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, with_stats = false, cuda_stream = None, check_values = true))]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, with_stats = false, cuda_stream = None, check_values = true), text_signature = "(logits, labels, ignore_index=-100, shift=True, with_stats=False, cuda_stream=None, check_values=True)")]
 #[allow(clippy::too_many_arguments)]
 pub fn fused_token_logps_forward(
     py: Python<'_>,
@@ -41,7 +41,7 @@ pub fn fused_token_logps_forward(
 
 /// Fused backward: the gradient of the logits, a fresh [B, T, V] tensor in their dtype.
 #[pyfunction]
-#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index = -100, shift = true, cuda_stream = None))]
+#[pyo3(signature = (grad_logps, logits, labels, lse, ignore_index = -100, shift = true, cuda_stream = None), text_signature = "(grad_logps, logits, labels, lse, ignore_index=-100, shift=True, cuda_stream=None)")]
 #[allow(clippy::too_many_arguments)]
 pub fn fused_token_logps_backward(
     py: Python<'_>,

@@ -129,14 +129,14 @@ fn describe_array(value: &Bound<'_, PyAny>) -> String {
 
 /// Per-token log-probs [B, T'] (float32 for float32 logits, float64 for float64).
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true))]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
 pub fn numpy_token_logps(py: Python<'_>, logits: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, ignore_index: i64, shift: bool) -> PyResult<PyObject> {
     dispatch_logits(py, logits, labels, ignore_index, shift, None)
 }
 
 /// Per-sequence log-probs [B]: the mean (or sum) over response tokens.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, average = true, ignore_index = -100, shift = true))]
+#[pyo3(signature = (logits, labels, average = true, ignore_index = -100, shift = true), text_signature = "(logits, labels, average=True, ignore_index=-100, shift=True)")]
 pub fn numpy_sequence_logps(py: Python<'_>, logits: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, average: bool, ignore_index: i64, shift: bool) -> PyResult<PyObject> {
     dispatch_logits(py, logits, labels, ignore_index, shift, Some(average))
 }

@@ -204,7 +204,9 @@ pub(crate) fn reduce_to_sequences(token_logps: &Tensor, labels: &Tensor, ignore_
 
 /// Per-token log-probs through libtorch ops: `log_softmax(logits)[label]`, 0 where ignored.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true))]
+// Every signature with `ignore_index = -100` spells out its text_signature: pyo3 renders a negative
+// default as `...`, which help() shows and stubtest rejects.
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
 pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || -> Result<Tensor> {
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
@@ -215,7 +217,7 @@ pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ign
 
 /// Validate a (logits, labels) pair as the public functions do; raises on bad input.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, require_tokens = false))]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, require_tokens = false), text_signature = "(logits, labels, ignore_index=-100, shift=True, require_tokens=False)")]
 pub fn check_logps_inputs(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, require_tokens: bool) -> PyResult<()> {
     py.allow_threads(move || check_logits_labels(&logits, &labels, ignore_index, shift, require_tokens))?;
     Ok(())
@@ -223,7 +225,7 @@ pub fn check_logps_inputs(py: Python<'_>, logits: PyTensor, labels: PyTensor, ig
 
 /// Reduce per-token log-probs [B, T'] to per-sequence log-probs [B].
 #[pyfunction]
-#[pyo3(signature = (token_logps, labels, ignore_index = -100, shift = true, average = true))]
+#[pyo3(signature = (token_logps, labels, ignore_index = -100, shift = true, average = true), text_signature = "(token_logps, labels, ignore_index=-100, shift=True, average=True)")]
 pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, average: bool) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || reduce_to_sequences(&token_logps, &labels, ignore_index, shift, average));
     Ok(PyTensor(out))
@@ -394,7 +396,7 @@ pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_ind
 
 /// Per-token (entropy, argmax == label) through libtorch ops, each [B, T'], 0 where ignored.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true))]
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
 pub fn token_stats_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<(PyTensor, PyTensor)> {
     let (entropy, correct) = py.allow_threads(move || -> Result<(Tensor, Tensor)> {
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;

@@ -4,6 +4,34 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+# pyo3 lists every registered name in __all__ (kept true by `python -m mypy.stubtest simper_rs._core`).
+__all__ = [
+    "__version__",
+    "TORCH_VERSION",
+    "check_logps_inputs",
+    "token_logps_torch",
+    "reduce_sequence_logps",
+    "simper_loss",
+    "dil_loss",
+    "preference_metrics",
+    "token_stats_torch",
+    "fused_token_logps_forward",
+    "fused_token_logps_backward",
+    "kernel_threads",
+    "linear_token_logps_forward",
+    "linear_token_logps_backward",
+    "linear_chunk_rows",
+    "check_linear_logps_inputs",
+    "cuda_compile_kernel",
+    "cuda_supported_archs",
+    "cuda_kernel_resource_usage",
+    "cuda_kernel_status",
+    "numpy_token_logps",
+    "numpy_sequence_logps",
+    "numpy_simper_loss",
+    "numpy_dil_loss",
+]
+
 __version__: str
 TORCH_VERSION: str
 
