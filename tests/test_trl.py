@@ -174,7 +174,8 @@ TRL_METRICS = {
 def test_train_and_eval_log_trl_metric_names(tmp_path, tokenizer, trainer_class):
     cls = SimPERConfig if trainer_class is SimPERTrainer else DILConfig
     trainer = trainer_class(
-        model=build_tiny_model(tokenizer), args=config(tmp_path, cls, max_steps=3, eval_strategy="steps", eval_steps=3, bf16=True),
+        model=build_tiny_model(tokenizer),
+        args=config(tmp_path, cls, max_steps=3, eval_strategy="steps", eval_steps=3, bf16=True, save_strategy="steps", save_steps=3),
         train_dataset=text_records(12), eval_dataset=text_records(8, start=100), processing_class=tokenizer,
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -190,6 +191,34 @@ def test_train_and_eval_log_trl_metric_names(tmp_path, tokenizer, trainer_class)
     assert {f"eval_{m}" for m in TRL_METRICS} <= set(eval_logs[0])
     assert train_logs[-1]["num_tokens"] > train_logs[0]["num_tokens"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert (tmp_path / "checkpoint-3" / "model.safetensors").exists()  # TRL's checkpointing and model card
+    assert trainer_class._name in (tmp_path / "README.md").read_text()
+
+
+def test_precomputed_reference_averages_never_reuse_dpo_sums(tmp_path, tokenizer):
+    """TRL caches precomputed reference log-probs per (data set, model): DPO's sums must not be read as averages.
+    (With max_length=None the tokenized data set has the same fingerprint under both trainers.)"""
+    from datasets import load_from_disk
+
+    Dataset.from_list(text_records(8)).save_to_disk(str(tmp_path / "data"))
+    dataset = load_from_disk(str(tmp_path / "data"))  # backed by files, so TRL's cache is used, as with load_dataset
+    ref_model = build_tiny_model(tokenizer, seed=4)
+    common = dict(precompute_ref_log_probs=True)
+    dpo = trl.DPOTrainer(
+        model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model,
+        args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], train_sampling_strategy="sequential",
+                           per_device_train_batch_size=4, max_length=None, **common),
+        train_dataset=dataset, processing_class=tokenizer,
+    )
+    dil = DILTrainer(
+        model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model, args=config(tmp_path, DILConfig, reference_free=False, max_length=None, **common),
+        train_dataset=dataset, processing_class=tokenizer,
+    )
+    sums, averages = first_batch(dpo)["ref_chosen_logps"], first_batch(dil)["ref_chosen_logps"]
+    with torch.no_grad():
+        want = reference_average_logps(ref_model, first_batch(dil)).chunk(2)[0]
+    torch.testing.assert_close(averages, want)
+    assert (sums < averages * 2).all()  # DPO's are sums over several tokens
 
 
 def test_simper_never_builds_or_runs_a_reference_model(tmp_path, tokenizer, monkeypatch):
