@@ -3,9 +3,16 @@
 //! release that is (`simper_rs._core.TORCH_VERSION`, checked at import).
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // Installed from a wheel or by pip, the extension sits in site-packages/simper_rs/ beside
+    // site-packages/torch/: that torch comes first, wherever the package was built.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../torch/lib");
     let mut torch_version = String::from("unknown");
-    // Set by torch-sys (links = "tch") for crates that depend on it directly.
-    if let Some(lib_dir) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") {
+    // The build backend (build_backend/simper_rs_build.py) names the torch being installed into;
+    // torch-sys's own probe (DEP_TCH_LIBTORCH_LIB, for crates that depend on it directly) is
+    // cached with its build and may name the environment of an earlier build.
+    println!("cargo:rerun-if-env-changed=SIMPER_RS_TORCH_LIB");
+    let lib_dir = std::env::var_os("SIMPER_RS_TORCH_LIB").or_else(|| std::env::var_os("DEP_TCH_LIBTORCH_LIB"));
+    if let Some(lib_dir) = lib_dir {
         let lib_dir = std::path::PathBuf::from(lib_dir);
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
         // torch/lib/.. holds torch/version.py: `__version__ = '2.13.0+cu130'`.

@@ -163,6 +163,12 @@ pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_in
     })
 }
 
+/// The instruction set the CPU kernels' row code runs with on this machine.
+#[pyfunction]
+pub fn cpu_kernel_path() -> &'static str {
+    crate::kernels::logps::row_code_path()
+}
+
 /// Number of threads the CPU kernels use: `SIMPER_RS_NUM_THREADS`, else `torch.get_num_threads()`.
 #[pyfunction]
 pub fn kernel_threads() -> usize {

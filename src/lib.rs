@@ -68,6 +68,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_ops::fused_token_logps_forward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_ops::fused_token_logps_backward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_cpu::kernel_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cpu::cpu_kernel_path, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_forward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_backward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_chunk_rows, m)?)?;

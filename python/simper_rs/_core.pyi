@@ -18,6 +18,7 @@ __all__ = [
     "fused_token_logps_forward",
     "fused_token_logps_backward",
     "kernel_threads",
+    "cpu_kernel_path",
     "linear_token_logps_forward",
     "linear_token_logps_backward",
     "linear_chunk_rows",
@@ -80,6 +81,7 @@ def fused_token_logps_backward(
     cuda_stream: Optional[int] = None,
 ) -> torch.Tensor: ...
 def kernel_threads() -> int: ...
+def cpu_kernel_path() -> str: ...
 def numpy_token_logps(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100, shift: bool = True) -> np.ndarray: ...
 def numpy_sequence_logps(
     logits: np.ndarray, labels: np.ndarray, average: bool = True, ignore_index: int = -100, shift: bool = True

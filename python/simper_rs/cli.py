@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="fused kernel vs log_softmax + gather: time and peak memory", description="Forward+backward time and peak memory of the fused log-prob kernel against log_softmax + gather and a logsumexp-based selective log-softmax, each in its own process.")
     bench.add_argument("--quick", action="store_true", help="a small size, in seconds")
+    doctor = sub.add_parser(
+        "doctor",
+        help="versions, CPU and CUDA support, and which kernel runs where",
+        description="One screen on this installation: versions, the torch it was built for, the CPU kernel's "
+        "instruction set and threads, CUDA, NVRTC and the driver, the CUDA kernel per GPU, and what backend='auto' "
+        "picks. Exit status 1 when something needed cannot work.",
+    )
+    doctor.add_argument("--device", choices=["cpu", "cuda"], help="also fail when this device cannot run the fused kernel")
     return parser
 
 
@@ -348,6 +356,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.run(args.device)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -355,7 +369,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"train": cmd_train, "bench": cmd_bench}[args.command](args)
+        return {"train": cmd_train, "bench": cmd_bench, "doctor": cmd_doctor}[args.command](args)
     except CommandError as err:
         print(f"simper-rs {args.command}: error: {err}", file=sys.stderr)
         return 2

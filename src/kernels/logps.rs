@@ -258,6 +258,15 @@ fn has_avx2() -> bool {
     }
 }
 
+/// Which compilation of the row code runs on this CPU (picked at run time, as the kernels do).
+pub fn row_code_path() -> &'static str {
+    if has_avx2() {
+        "AVX2 + FMA + F16C"
+    } else {
+        "baseline (no AVX2)"
+    }
+}
+
 /// Forward of one logits row for `label` (which must be `< row.len()`).
 pub fn forward_row<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
     assert!(label < row.len(), "label {label} outside a row of {}", row.len());
