@@ -91,7 +91,9 @@ LINEAR_BAD = [
     ("bad chunk size", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, chunk_size=0), ValueError, "chunk_size must be a positive"),
     ("different devices", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w.detach().to("meta"), y), ValueError, "weight is on"),
     ("logits and hidden", lambda h, w, b, y: simper_rs.SimPERLoss()(h @ w.T, y, hidden=h, lm_head_weight=w), ValueError, "not both"),
-    ("hidden without weight", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, labels=y), ValueError, "needs lm_head_weight"),
+    ("hidden without weight", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, labels=y), ValueError, "needs exactly one of lm_head_weight"),
+    ("weight and module", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head_weight=w, lm_head=torch.nn.Linear(8, 11), labels=y), ValueError, "needs exactly one of"),
+    ("module and bias", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head=torch.nn.Linear(8, 11), lm_head_bias=b, labels=y), ValueError, "lm_head_bias goes with lm_head_weight"),
     ("odd batch", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h[:3], lm_head_weight=w, labels=y[:3]), ValueError, "hidden must hold a [chosen; rejected] batch"),
 ]
 
@@ -102,3 +104,38 @@ def test_bad_input(call, exc, fragment):
     with pytest.raises(exc) as info:
         call(hidden.detach(), weight.detach(), b.detach(), labels)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("loss_fn", [simper_rs.SimPERLoss(), simper_rs.DILLoss("bce")], ids=["simper", "dil-bce"])
+def test_lm_head_module_gives_the_weight_path(loss_fn, bias):
+    """loss(hidden=h, lm_head=module) runs the op as the module's forward: same loss, metrics, gradients."""
+    hidden, weight, b, labels = linear_batch(bias=bias)
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias:
+            head.bias.copy_(b)
+    calls = []
+    head.register_forward_pre_hook(lambda module, args: calls.append(1))  # where engines gather the weight
+    by_module = loss_fn(hidden=hidden, lm_head=head, labels=labels)
+    by_weight = loss_fn(hidden=hidden, lm_head_weight=weight, lm_head_bias=b, labels=labels)
+    assert calls == [1] and "forward" not in head.__dict__  # the module's own forward is back
+    torch.testing.assert_close(by_module.loss, by_weight.loss)
+    assert by_module.metrics == pytest.approx(by_weight.metrics)
+    got = torch.autograd.grad(by_module.loss, [hidden, head.weight] + ([head.bias] if bias else []))
+    want = torch.autograd.grad(by_weight.loss, [hidden, weight] + ([b] if bias else []))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+
+
+def test_from_sequence_logps_matches_the_formulas():
+    chosen, rejected = torch.tensor([-1.0, -2.0], requires_grad=True), torch.tensor([-1.5, -1.0])
+    out = simper_rs.SimPERLoss().from_sequence_logps(chosen, rejected, metrics={"entropy": 1.5})
+    torch.testing.assert_close(out.loss, ref.simper(chosen, rejected))
+    assert out.metrics["entropy"] == 1.5 and out.metrics["rewards/accuracies"] == 0.5
+    refs = torch.tensor([-1.2, -1.8]), torch.tensor([-1.4, -1.1])
+    dil = simper_rs.DILLoss("lsif").from_sequence_logps(chosen, rejected, *refs)
+    torch.testing.assert_close(dil.loss, ref.dil(chosen, rejected, *refs, estimator="lsif"))
+    with pytest.raises(ValueError, match="SimPER uses no reference log-probs"):
+        simper_rs.SimPERLoss().from_sequence_logps(chosen, rejected, *refs)

@@ -22,6 +22,7 @@ from typing import Dict, Optional
 import torch
 
 from . import _core
+from .head import head_sequence_logps_with_stats
 from .ops import linear_sequence_logps_with_stats, sequence_logps_with_stats
 
 __all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS"]
@@ -89,17 +90,22 @@ class _PreferenceLoss(torch.nn.Module):
         self.backend = backend
         self.return_stats = bool(return_stats)
 
-    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None):
+    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None, lm_head=None):
         """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
 
-        From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and
-        ``lm_head_weight`` (+ optional ``lm_head_bias``).
+        From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and either
+        ``lm_head_weight`` (+ optional ``lm_head_bias``) or the ``lm_head`` module itself.
         """
         if hidden is not None:
             if logits is not None:
-                raise ValueError("pass either logits, or hidden with lm_head_weight, not both")
-            if lm_head_weight is None:
-                raise ValueError("hidden needs lm_head_weight (the [vocab, hidden_size] output projection) too")
+                raise ValueError("pass either logits, or hidden with lm_head_weight (or lm_head), not both")
+            if (lm_head_weight is None) == (lm_head is None):
+                raise ValueError(
+                    "hidden needs exactly one of lm_head_weight (the [vocab, hidden_size] output projection) "
+                    "and lm_head (the output projection module)"
+                )
+            if lm_head is not None and lm_head_bias is not None:
+                raise ValueError("lm_head_bias goes with lm_head_weight; with lm_head the module's own bias is used")
             source, name = hidden, "hidden"
         else:
             if logits is None:
@@ -114,13 +120,33 @@ class _PreferenceLoss(torch.nn.Module):
                 f"(an even, non-zero batch size), got batch size {batch}"
             )
         options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats)
-        if hidden is not None:
+        if lm_head is not None:
+            logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, **options)
+        elif hidden is not None:
             logps, stats = linear_sequence_logps_with_stats(
                 hidden, lm_head_weight, labels, lm_head_bias, chunk_size=chunk_size, **options
             )
         else:
             logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options)
         return logps[: batch // 2], logps[batch // 2 :], stats
+
+    def from_sequence_logps(
+        self,
+        chosen_logps: torch.Tensor,
+        rejected_logps: torch.Tensor,
+        ref_chosen_logps: Optional[torch.Tensor] = None,
+        ref_rejected_logps: Optional[torch.Tensor] = None,
+        *,
+        metrics: Optional[Dict[str, float]] = None,
+    ) -> PreferenceLossOutput:
+        """The loss and metrics from per-sequence average log-probs ``[P]`` computed elsewhere
+        (e.g. :func:`simper_rs.sequence_logps` over your own batch layout); ``metrics`` are
+        extra entries for the output (such as ``entropy``)."""
+        loss = self._pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        return self._output(loss, chosen_logps, rejected_logps, metrics or {}, ref_chosen_logps, ref_rejected_logps)
+
+    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.compiler.disable
     def _output(self, loss, chosen, rejected, stats, ref_chosen=None, ref_rejected=None) -> PreferenceLossOutput:
@@ -142,7 +168,9 @@ class SimPERLoss(_PreferenceLoss):
 
     Fused linear: ``loss_fn(hidden=h, lm_head_weight=W, labels=labels)`` (optionally
     ``lm_head_bias`` and ``chunk_size``) takes the last hidden states ``[2P, T, H]`` instead of the
-    logits and never materialises the ``[2P, T, V]`` logits; same loss and metrics.
+    logits and never materialises the ``[2P, T, V]`` logits; same loss and metrics. Under a
+    sharding engine (FSDP, DeepSpeed ZeRO-3) pass the module instead, ``lm_head=model.lm_head``:
+    the op then runs as the module's forward, where the engine has gathered the weight.
     """
 
     def forward(
@@ -154,9 +182,15 @@ class SimPERLoss(_PreferenceLoss):
         lm_head_weight: Optional[torch.Tensor] = None,
         lm_head_bias: Optional[torch.Tensor] = None,
         chunk_size: Optional[int] = None,
+        lm_head: Optional[torch.nn.Module] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size)
-        return self._output(simper_loss(chosen, rejected), chosen, rejected, stats)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head)
+        return self.from_sequence_logps(chosen, rejected, metrics=stats)
+
+    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+        if ref_chosen is not None or ref_rejected is not None:
+            raise ValueError("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps")
+        return simper_loss(chosen, rejected)
 
 
 class DILLoss(_PreferenceLoss):
@@ -196,12 +230,13 @@ class DILLoss(_PreferenceLoss):
         lm_head_weight: Optional[torch.Tensor] = None,
         lm_head_bias: Optional[torch.Tensor] = None,
         chunk_size: Optional[int] = None,
+        lm_head: Optional[torch.nn.Module] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size)
-        loss = dil_loss(
-            chosen, rejected, ref_chosen_logps, ref_rejected_logps, estimator=self.estimator, beta=self.beta
-        )
-        return self._output(loss, chosen, rejected, stats, ref_chosen_logps, ref_rejected_logps)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head)
+        return self.from_sequence_logps(chosen, rejected, ref_chosen_logps, ref_rejected_logps, metrics=stats)
+
+    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+        return dil_loss(chosen, rejected, ref_chosen, ref_rejected, estimator=self.estimator, beta=self.beta)
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}, beta={self.beta}"

@@ -7,14 +7,14 @@ and torch.distributed through Accelerate, since all of that is the base Trainer'
 """
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from typing import Any, Dict, Optional
 
 import torch
 
+from .head import add_logps_forward
 from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
-from .ops import sequence_logps
+from .ops import _reduce_with_stats, sequence_logps
 
 __all__ = ["PreferenceTrainer", "preference_loss", "make_loss"]
 
@@ -34,32 +34,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module  # DistributedDataParallel and friends
     return model
-
-
-class _Passthrough(torch.nn.Module):
-    """Stands in for the lm_head so that the model's "logits" are its last hidden states."""
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden
-
-
-@contextlib.contextmanager
-def _lm_head_bypassed(model: torch.nn.Module):
-    """Run the (possibly wrapped) model up to its last hidden states; yields the real lm_head.
-
-    The model is still called through its wrapper, so DDP and Accelerate hooks stay in place;
-    only the output projection is skipped, to be applied inside the fused-linear op.
-    """
-    inner = _unwrap(model)
-    get, set_ = getattr(inner, "get_output_embeddings", None), getattr(inner, "set_output_embeddings", None)
-    head = get() if get else None
-    if head is None or set_ is None or not hasattr(head, "weight"):
-        raise ValueError("fused_linear=True needs a causal LM with an output projection (get_output_embeddings())")
-    set_(_Passthrough())
-    try:
-        yield head
-    finally:
-        set_(head)
 
 
 def preference_loss(
@@ -90,11 +64,16 @@ def preference_loss(
             ref_chosen, ref_rejected = ref[:half], ref[half:]
         refs = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
     if fused_linear:
-        with _lm_head_bypassed(model) as head:
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        weight = head.weight.to(hidden.dtype)
-        bias = head.bias.to(hidden.dtype) if getattr(head, "bias", None) is not None else None
-        return loss_fn(hidden=hidden, lm_head_weight=weight, lm_head_bias=bias, labels=labels, **refs)
+        # Inside the (wrapped) model's forward, with the op run as the lm_head's own forward, so
+        # that DDP, FSDP and ZeRO-3 gather the weight and reduce its gradient (simper_rs.head).
+        add_logps_forward(_unwrap(model))
+        out = model(input_ids=input_ids, attention_mask=attention_mask, simper_rs_labels=labels)
+        logps, metrics = _reduce_with_stats(
+            out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(out.token_logps.device),
+            -100, True, True,  # the labels convention of add_logps_forward (HF: -100, shifted)
+        )
+        half = logps.shape[0] // 2
+        return loss_fn.from_sequence_logps(logps[:half], logps[half:], **refs, metrics=metrics)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return loss_fn(logits, labels, **refs)
 

@@ -30,21 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
 
 import torch
 
-from .losses import ESTIMATORS, dil_loss, simper_loss
-from .ops import (
-    _check_linear_inputs,
-    _check_logps_inputs,
-    _linear_logps_and_stats,
-    _reduce_sequence_logps,
-    _token_logps_and_stats,
-)
 from . import _core
+from .head import add_logps_forward
+from .losses import ESTIMATORS, dil_loss, simper_loss
+from .ops import _reduce_sequence_logps
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
 
@@ -68,7 +61,6 @@ def _import_trl():
 _import_trl()
 
 from accelerate.utils import is_peft_model  # noqa: E402
-from transformers.utils import ModelOutput  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
 from trl.trainer import dpo_trainer as _dpo_module  # noqa: E402
@@ -95,9 +87,6 @@ _REFERENCE_FIELDS = (
     "ref_model_mixup_alpha",
     "ref_model_sync_steps",
 )
-# Config attributes by which some model families scale or cap the logits; the log-prob ops here
-# compute plain log_softmax(h·Wᵀ + b), so such models are refused rather than silently mis-scored.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 # Batch entries that are not model inputs.
 _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
 
@@ -168,76 +157,6 @@ class DILConfig(DPOConfig):
         if self.reference_free:
             _refuse_set_fields(self, _REFERENCE_FIELDS, "reference_free=True uses no reference model")
         super().__post_init__()
-
-
-@dataclass
-class SequenceLogpsOutput(ModelOutput):
-    """What ``model(..., simper_rs_labels=labels)`` returns: per-token values ``[B, T-1]``, 0 where
-    the label is ignored. ``correct`` is argmax == label as 0/1; ``mean_logits`` the mean of the
-    logits over the vocabulary."""
-
-    token_logps: Optional[torch.Tensor] = None
-    entropy: Optional[torch.Tensor] = None
-    correct: Optional[torch.Tensor] = None
-    mean_logits: Optional[torch.Tensor] = None
-
-
-def _check_plain_lm_head(model) -> None:
-    config = model.config.get_text_config()
-    for name in _LOGIT_TRANSFORMS:
-        value = getattr(config, name, None)
-        if value is not None and value != 1.0:
-            raise ValueError(
-                f"{type(model).__name__} transforms its logits ({name}={value}); simper_rs computes log-probs of "
-                "plain lm_head logits, so it would train on the wrong distribution. This model is not supported."
-            )
-
-
-def _add_logps_forward(model) -> None:
-    """Patch ``model.forward`` so that ``model(..., simper_rs_labels=labels)`` returns a
-    :class:`SequenceLogpsOutput` computed by this package, inside the model's own forward.
-
-    Inside the forward, the lm_head is used while the model's wrapper (DDP, Accelerate) is
-    active, so its gradient is reduced like every other parameter's. Other calls go to the
-    previous forward unchanged (generation, TRL's own fused head). Idempotent.
-    """
-    if getattr(model, "_simper_rs_logps_forward", False):
-        return
-    _check_plain_lm_head(model)
-    previous = model.forward
-
-    @functools.wraps(previous)
-    def forward(*args, simper_rs_labels=None, simper_rs_fused_linear=True, **kwargs):
-        if simper_rs_labels is None:
-            return previous(*args, **kwargs)
-        labels = simper_rs_labels
-        kwargs["use_cache"] = False
-        hidden = model.base_model(*args, **kwargs).last_hidden_state
-        # Prompt-learning PEFT prepends virtual tokens: keep the positions of the real tokens.
-        hidden = hidden[:, -labels.shape[1] :]
-        head = model.get_output_embeddings()
-        hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
-        if simper_rs_fused_linear:
-            # The op runs in the hidden states' dtype (autocast would otherwise pick it per matmul).
-            weight = head.weight.to(hidden.dtype)
-            bias = head.bias.to(hidden.dtype) if getattr(head, "bias", None) is not None else None
-            _check_linear_inputs(hidden, weight, bias, labels, -100, True, require_tokens=True)
-            logps, (entropy, correct) = _linear_logps_and_stats(hidden, weight, labels, bias, -100, True, None, True)
-            with torch.no_grad():  # mean over the vocabulary of h·Wᵀ + b is h·mean(W) + mean(b): no logits needed
-                mean_weight = weight.mean(0, dtype=torch.float32).to(hidden.dtype)
-                mean_logits = (hidden[:, :-1] @ mean_weight).float()
-                if bias is not None:
-                    mean_logits += bias.mean(dtype=torch.float32)
-        else:
-            logits = head(hidden)
-            _check_logps_inputs(logits, labels, ignore_index=-100, shift=True, require_tokens=True)
-            logps, (entropy, correct) = _token_logps_and_stats(logits, labels, -100, True, "auto", True)
-            with torch.no_grad():
-                mean_logits = logits[:, :-1].mean(-1, dtype=torch.float32)
-        return SequenceLogpsOutput(token_logps=logps, entropy=entropy, correct=correct, mean_logits=mean_logits)
-
-    model.forward = forward
-    model._simper_rs_logps_forward = True
 
 
 @contextlib.contextmanager
@@ -337,7 +256,7 @@ class _PreferenceLossTrainer(DPOTrainer):
                 "use_fused_linear=True reads lm_head.weight directly, which DeepSpeed ZeRO-3 keeps partitioned outside "
                 "the lm_head's forward; set use_fused_linear=False (the lm_head then runs as a module and ZeRO-3 gathers it)"
             )
-        _add_logps_forward(self._backbone(self.model))
+        add_logps_forward(self._backbone(self.model))
 
     # -- hooks for the concrete trainers
     _config_class = DPOConfig
@@ -357,7 +276,7 @@ class _PreferenceLossTrainer(DPOTrainer):
 
     def _sequence_logps(self, model, inputs):
         """Average log-probs ``[2P]`` of a collated batch and the per-token output they come from."""
-        _add_logps_forward(self._backbone(model))  # also the reference model and TRL's precompute engine
+        add_logps_forward(self._backbone(model))  # also the reference model and TRL's precompute engine
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
