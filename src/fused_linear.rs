@@ -14,13 +14,16 @@ use crate::error::{Error, Result};
 use crate::{fused_cpu, fused_cuda};
 use crate::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
 
-/// Bytes of one chunk's logits that the automatic chunk size aims for. One such buffer is alive
-/// at a time: the backward overwrites the chunk's logits with their gradient (on CPU).
+/// Bytes of one chunk's logits that the automatic chunk size never exceeds. One such buffer is
+/// alive at a time: the backward overwrites the chunk's logits with their gradient (on CPU).
 const CHUNK_TARGET_BYTES: i64 = 64 << 20;
 
-/// Rows per chunk: `chunk_size` when given, else what keeps one chunk's logits near 64 MiB.
-fn chunk_rows(vocab: i64, kind: Kind, chunk_size: Option<i64>) -> i64 {
-    chunk_size.unwrap_or_else(|| linear_chunk_rows(vocab, kind.elt_size_in_bytes() as i64))
+/// Fewest rows of an automatic chunk: smaller chunk matmuls re-read the whole weight too often.
+const MIN_CHUNK_ROWS: i64 = 128;
+
+/// Rows per chunk: `chunk_size` when given, else [`linear_chunk_rows`].
+fn chunk_rows(positions: i64, hidden_size: i64, vocab: i64, kind: Kind, chunk_size: Option<i64>) -> i64 {
+    chunk_size.unwrap_or_else(|| linear_chunk_rows(positions, hidden_size, vocab, kind.elt_size_in_bytes() as i64))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -106,7 +109,7 @@ struct ChunkedLogits<'a> {
 impl<'a> ChunkedLogits<'a> {
     fn new(hidden: &Tensor, weight: &Tensor, bias: Option<&'a Tensor>, chunk_size: Option<i64>, total: i64) -> Self {
         let vocab = weight.size()[0];
-        let step = chunk_rows(vocab, hidden.kind(), chunk_size).min(total.max(1));
+        let step = chunk_rows(total, hidden.size()[hidden.dim() - 1], vocab, hidden.kind(), chunk_size).min(total.max(1));
         let buffer = Tensor::empty([step, vocab], (hidden.kind(), hidden.device()));
         Self { weight_t: weight.transpose(0, 1), bias, buffer, step, total }
     }
@@ -302,9 +305,33 @@ pub fn linear_token_logps_backward(
     Ok((PyTensor(gh), PyTensor(gw), gb.map(PyTensor)))
 }
 
-/// The chunk size (positions) the fused-linear op picks for a vocabulary size and the logits'
-/// element size in bytes.
+/// The chunk size (positions) the fused-linear op picks for `positions` labelled positions: one
+/// chunk's logits about the size of the hidden states they come from (rows·V ≈ positions·H, as
+/// chunked losses elsewhere pick it), so small batches do not pay a fixed buffer; at least
+/// MIN_CHUNK_ROWS rows; at most what keeps the chunk's logits under CHUNK_TARGET_BYTES.
 #[pyfunction]
-pub fn linear_chunk_rows(vocab: i64, dtype_bytes: i64) -> i64 {
-    (CHUNK_TARGET_BYTES / (vocab.max(1) * dtype_bytes.max(1))).clamp(1, 1 << 16)
+pub fn linear_chunk_rows(positions: i64, hidden_size: i64, vocab: i64, dtype_bytes: i64) -> i64 {
+    let vocab = vocab.max(1);
+    let cap = (CHUNK_TARGET_BYTES / (vocab * dtype_bytes.max(1))).clamp(1, 1 << 16);
+    let like_hidden = (positions.max(1) * hidden_size.max(1) + vocab - 1) / vocab;
+    like_hidden.max(MIN_CHUNK_ROWS).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_chunk_follows_the_hidden_states_within_bounds() {
+        // 1024 positions, H = 512, V = 32000: logits of 1024·512 elements would be 17 rows; the floor is 128.
+        assert_eq!(linear_chunk_rows(1024, 512, 32000, 4), MIN_CHUNK_ROWS);
+        // 16384 positions, H = 4096: 2097 rows like the hidden states, capped by 64 MiB of bf16 logits.
+        assert_eq!(linear_chunk_rows(16384, 4096, 128256, 2), CHUNK_TARGET_BYTES / (128256 * 2));
+        // in between, rows·V ≈ positions·H
+        let rows = linear_chunk_rows(8192, 1024, 32000, 4);
+        assert_eq!(rows, (8192 * 1024 + 31999) / 32000);
+        assert!(rows * 32000 * 4 <= CHUNK_TARGET_BYTES);
+        // degenerate sizes never give zero rows
+        assert!(linear_chunk_rows(0, 0, 0, 0) >= 1);
+    }
 }

@@ -66,3 +66,22 @@ def test_train_on_a_user_file_with_a_split(tmp_path):
     out = simper_rs("train", "--data", "mine.jsonl", "--epochs", "1", "--warmup-steps", "2", "--loss", "dil", "--estimator", "bce", "--output-dir", "o", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "54 train / 6 held-out pairs" in out.stdout
+
+
+@pytest.mark.slow
+def test_main_job_on_two_processes(tmp_path):
+    """torchrun --nproc_per_node 2 -m simper_rs.cli train: the global batch split over two gloo
+    processes, one summary table and one set of files."""
+    env = {**os.environ, "SIMPER_RS_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "simper_rs.cli", "train"]
+    out = subprocess.run([*command, "--epochs", "0.3", "--warmup-steps", "3", "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("held-out evaluation before and after") == 1 and "on 2 processes" in out.stdout
+    assert "preference accuracy" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["after"]["margin"] > summary["before"]["margin"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    keys = [(row["step"], "eval_loss" in row, "train_runtime" in row) for row in rows]
+    assert rows and len(keys) == len(set(keys))  # each log written once (by rank 0), not once per process
+    odd = subprocess.run([*command, "--batch-size", "31"], capture_output=True, text=True, env=env, timeout=600)
+    assert odd.returncode != 0 and "--batch-size 31 must split evenly over the 2 processes" in odd.stderr

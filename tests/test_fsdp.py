@@ -50,3 +50,18 @@ def test_a_weight_still_sharded_inside_the_head_is_refused():
             head_token_logps(head, hidden, labels)
     finally:
         dist.destroy_process_group()
+
+
+def test_zero3_is_refused_before_any_step():
+    """Not verified under DeepSpeed ZeRO-3 yet: refused with the alternative, never run."""
+    from types import SimpleNamespace
+
+    from simper_rs.head import check_fused_linear_engine
+
+    def trainer(stage):
+        state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage))
+        return SimpleNamespace(is_deepspeed_enabled=True, accelerator=SimpleNamespace(state=state))
+
+    with pytest.raises(ValueError, match="not verified under DeepSpeed ZeRO-3.*fused_linear=False"):
+        check_fused_linear_engine(trainer(3))
+    check_fused_linear_engine(trainer(2))  # ZeRO-1/2 keep whole parameters on every process

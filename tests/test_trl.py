@@ -306,6 +306,8 @@ def run_worker(args, out, fused):
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-linear", "logits"])
 def test_two_processes_through_accelerate_match_one(tmp_path, fused):
+    """DDP through Accelerate (Accelerate turns FSDP on for accelerator devices only; FSDP2 on CPU is
+    tested on the same model forward in tests/test_fsdp.py)."""
     two = run_worker(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path / "two.pt", fused)
     one = run_worker([], tmp_path / "one.pt", fused)
     assert two["world"] == 2 and one["world"] == 1

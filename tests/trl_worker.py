@@ -3,6 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/trl_worker.py OUT.pt   # 4 pairs each
     python tests/trl_worker.py OUT.pt                                                           # 8 pairs
 
+FUSED_LINEAR=1 takes the fused-linear path (else logits + the fused kernel).
+
 Rank 0 saves every parameter's gradient (after the all-reduce, before the optimizer step) and
 the logged metrics.
 """

@@ -203,12 +203,17 @@ def _warm_up(model, collator, records, args, device) -> None:
         optimizer.step()
 
 
+def _world() -> tuple:
+    """(processes, this process's rank) when started by accelerate launch / torchrun, else (1, 0)."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
 def _progress(iterable, description: str):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         return iterable
-    return tqdm(iterable, desc=description, dynamic_ncols=True)
+    return tqdm(iterable, desc=description, dynamic_ncols=True, disable=_world()[1] != 0)
 
 
 def _metrics_callback(path: Path):
@@ -229,10 +234,12 @@ def _preference_train(model, tokenizer, collator, train, test, args, metrics_pat
     from .trainer import PreferenceTrainer
 
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    processes, rank = _world()
     training_args = TrainingArguments(
         output_dir=str(args.output_dir / "trainer"),
         num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
+        # --batch-size is the global batch: several processes split it (DDP averages their gradients).
+        per_device_train_batch_size=args.batch_size // processes,
         per_device_eval_batch_size=64,
         learning_rate=args.lr,
         lr_scheduler_type="constant",
@@ -244,7 +251,7 @@ def _preference_train(model, tokenizer, collator, train, test, args, metrics_pat
         seed=args.seed,
         use_cpu=args.device == "cpu",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=rank != 0,
     )
     trainer = PreferenceTrainer(
         model=model,
@@ -317,28 +324,40 @@ def cmd_train(args) -> int:
 
     if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0:
         raise CommandError("--epochs, --lr and --batch-size must be positive")
+    processes, rank = _world()
     try:
         device = torch.device(args.device)
+        if device.type == "cuda" and device.index is None and processes > 1:  # one GPU per process
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.empty(0, device=device)
     except (RuntimeError, ValueError) as err:
         raise CommandError(f"--device: {args.device} is not usable here ({str(err).splitlines()[0]})") from None
+    if args.batch_size % processes:
+        raise CommandError(f"--batch-size {args.batch_size} must split evenly over the {processes} processes")
+    # Every process runs the same seeded warm-up and evaluations (identical models), and trains
+    # its share of each global batch; only the first one prints and writes files.
+    say = print if rank == 0 else (lambda *a, **k: None)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     train, test = _load_data(args)
     model, tokenizer, model_name = _load_model(args, train + test)
     model.to(device)
     collator = PreferenceCollator(tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = args.output_dir / "metrics.jsonl"
-    metrics_path.write_text("")
+    if rank == 0:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
     loss_name = "SimPER" if args.loss == "simper" else f"DIL ({args.estimator})"
-    print(f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs, model: {model_name}")
+    on = f" on {processes} processes" if processes > 1 else ""
+    say(f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs, model: {model_name}{on}")
 
     _warm_up(model, collator, train, args, device)
     before = evaluate(model, tokenizer, collator, test, device)
     model = _preference_train(model, tokenizer, collator, train, test, args, metrics_path)
     after = evaluate(model, tokenizer, collator, test, device)
 
+    if rank != 0:
+        return 0
     png_path = args.output_dir / "training.png"
     _plot(metrics_path, png_path, f"simper-rs: {loss_name}")
     summary = {"loss": args.loss, "estimator": args.estimator, "before": before, "after": after, "seconds": time.perf_counter() - started}

@@ -328,7 +328,8 @@ def linear_token_logps(
     """Per-token log-probs from the last hidden states, never materialising the logits.
 
     Equal to ``token_logps(hidden @ weight.T + bias, labels)`` but computed ``chunk_size``
-    positions at a time (default: what keeps one chunk's logits near 64 MiB), recomputing each
+    positions at a time (default: chunks whose logits are about the size of the hidden states they
+    come from, at least 128 positions, at most 64 MiB of logits), recomputing each
     chunk's logits in backward. ``hidden`` is ``[B, T, H]``, ``weight`` is ``[V, H]`` (an
     ``lm_head.weight``), ``bias`` is ``[V]`` or None. Differentiable in hidden, weight and bias.
     Positions whose label is ignored cost nothing.

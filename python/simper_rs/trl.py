@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _core
-from .head import add_logps_forward
+from .head import add_logps_forward, check_fused_linear_engine
 from .losses import ESTIMATORS, dil_loss, simper_loss
 from .ops import _reduce_sequence_logps
 
@@ -251,11 +251,8 @@ class _PreferenceLossTrainer(DPOTrainer):
                 f"{type(self.model).__name__} returns router logits for an auxiliary loss, which "
                 f"{type(self).__name__} does not add; set router_aux_loss_coef=0.0"
             )
-        if self._use_fused_linear and self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            raise ValueError(
-                "use_fused_linear=True reads lm_head.weight directly, which DeepSpeed ZeRO-3 keeps partitioned outside "
-                "the lm_head's forward; set use_fused_linear=False (the lm_head then runs as a module and ZeRO-3 gathers it)"
-            )
+        if self._use_fused_linear:
+            check_fused_linear_engine(self)
         add_logps_forward(self._backbone(self.model))
 
     # -- hooks for the concrete trainers
