@@ -52,16 +52,22 @@ def test_a_weight_still_sharded_inside_the_head_is_refused():
         dist.destroy_process_group()
 
 
-def test_zero3_is_refused_before_any_step():
-    """Not verified under DeepSpeed ZeRO-3 yet: refused with the alternative, never run."""
-    from types import SimpleNamespace
+ZERO3_WORKER = str(Path(__file__).with_name("zero3_worker.py"))
 
-    from simper_rs.head import check_fused_linear_engine
 
-    def trainer(stage):
-        state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage))
-        return SimpleNamespace(is_deepspeed_enabled=True, accelerator=SimpleNamespace(state=state))
-
-    with pytest.raises(ValueError, match="not verified under DeepSpeed ZeRO-3.*fused_linear=False"):
-        check_fused_linear_engine(trainer(3))
-    check_fused_linear_engine(trainer(2))  # ZeRO-1/2 keep whole parameters on every process
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["trainer", "trl"])
+def test_deepspeed_zero3_gradients_equal_one_process(tmp_path, path):
+    """DeepSpeed ZeRO-3 on its CPU accelerator, every parameter partitioned (lm_head.weight is empty
+    outside the lm_head's forward): 2 processes give the 1-process gradients."""
+    pytest.importorskip("deepspeed")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
+    outs = {}
+    for name, args in (("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]), ("one", [])):
+        result = subprocess.run([sys.executable, *args, ZERO3_WORKER, path, str(tmp_path / f"{name}.pt")], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outs[name] = torch.load(tmp_path / f"{name}.pt")
+    assert outs["two"]["world"] == 2 and outs["one"]["world"] == 1
+    for name, grad in outs["one"]["grads"].items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(outs["two"]["grads"][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)

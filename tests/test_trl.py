@@ -296,8 +296,8 @@ def test_unsupported_trl_release_is_a_clear_import_error(monkeypatch):
         strl._import_trl()
 
 
-def run_worker(args, out, fused):
-    env = {**os.environ, "FUSED_LINEAR": "1" if fused else "0", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
+def run_worker(args, out, fused, zero3=False):
+    env = {**os.environ, "FUSED_LINEAR": "1" if fused else "0", "ZERO3": "1" if zero3 else "0", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, *args, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
@@ -315,3 +315,19 @@ def test_two_processes_through_accelerate_match_one(tmp_path, fused):
         torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     for name, value in one["metrics"].items():  # averaged over the processes' batches
         assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-linear", "logits"])
+def test_deepspeed_zero3_through_accelerate_matches_one_process(tmp_path, fused):
+    """SimPERTrainer under DeepSpeed ZeRO-3 (CPU accelerator, gloo, every parameter partitioned):
+    the SGD step (learning rate 1, so minus the gradient) of every parameter equals one process's."""
+    pytest.importorskip("deepspeed")
+    two = run_worker(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path / "two.pt", fused, zero3=True)
+    one = run_worker([], tmp_path / "one.pt", fused, zero3=True)
+    assert two["world"] == 2 and one["world"] == 1 and len(one["grads"]) == len(two["grads"]) > 0
+    for name, step in one["grads"].items():
+        assert step.abs().max() > 0, name
+        ulps = 4 * torch.finfo(torch.float32).eps * one["scales"][name]  # w - step is rounded to float32
+        torch.testing.assert_close(two["grads"][name], step, rtol=1e-5, atol=ulps, msg=name)
+    assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-5)

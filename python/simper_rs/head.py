@@ -127,21 +127,6 @@ def head_sequence_logps_with_stats(
     return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)
 
 
-def check_fused_linear_engine(trainer) -> None:
-    """Refuse, before any step, the engines the fused-linear path is not verified on.
-
-    DeepSpeed ZeRO-3 gathers the lm_head's weight in its forward hooks, which is where the op
-    runs, but no machine here has run it: until then it is refused rather than risk a silently
-    wrong gradient.
-    """
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
-    if plugin is not None and plugin.zero_stage == 3:
-        raise ValueError(
-            "the fused-linear path is not verified under DeepSpeed ZeRO-3 yet; use fused_linear=False "
-            "(use_fused_linear=False in simper_rs.trl): the lm_head then runs as a plain module and ZeRO-3 gathers it"
-        )
-
-
 def _model_output_base():
     try:
         from transformers.utils import ModelOutput

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .head import add_logps_forward, check_fused_linear_engine
+from .head import add_logps_forward
 from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
 from .ops import _reduce_with_stats, sequence_logps
 
@@ -142,8 +142,6 @@ class PreferenceTrainer(_trainer_base()):
         )
         self.args.remove_unused_columns = False
         self.fused_linear = bool(fused_linear)
-        if self.fused_linear:
-            check_fused_linear_engine(self)
         self.ref_model = None
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _core
-from .head import add_logps_forward, check_fused_linear_engine
+from .head import add_logps_forward
 from .losses import ESTIMATORS, dil_loss, simper_loss
 from .ops import _reduce_sequence_logps
 
@@ -251,8 +251,6 @@ class _PreferenceLossTrainer(DPOTrainer):
                 f"{type(self.model).__name__} returns router logits for an auxiliary loss, which "
                 f"{type(self).__name__} does not add; set router_aux_loss_coef=0.0"
             )
-        if self._use_fused_linear:
-            check_fused_linear_engine(self)
         add_logps_forward(self._backbone(self.model))
 
     # -- hooks for the concrete trainers
