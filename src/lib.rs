@@ -61,6 +61,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(torch::check_logps_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(torch::token_logps_torch, m)?)?;
     m.add_function(wrap_pyfunction!(torch::reduce_sequence_logps, m)?)?;
+    m.add_function(wrap_pyfunction!(torch::check_packed_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(torch::reduce_packed_logps, m)?)?;
     m.add_function(wrap_pyfunction!(torch::simper_loss, m)?)?;
     m.add_function(wrap_pyfunction!(torch::dil_loss, m)?)?;
     m.add_function(wrap_pyfunction!(torch::preference_metrics, m)?)?;

@@ -231,6 +231,61 @@ pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTe
     Ok(PyTensor(out))
 }
 
+/// `position_ids` of packed rows checked against `labels` and split into sequences (read to
+/// the host: O(B·T) integers). Returns each position's sequence index (on the labels' device)
+/// and each sequence's labelled-token count.
+fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<(Tensor, Vec<u64>)> {
+    if is_float(position_ids.kind()) || position_ids.kind() == Kind::Bool {
+        return Err(Error::type_(format!("position_ids must be an integer tensor, got {}", dtype_name(position_ids.kind()))));
+    }
+    if position_ids.size() != labels.size() {
+        return Err(Error::value(format!(
+            "position_ids must have the shape of labels {:?} (one position per token of each packed row), got {:?}",
+            labels.size(),
+            position_ids.size()
+        )));
+    }
+    if position_ids.device() != labels.device() {
+        return Err(Error::value(format!("position_ids is on {:?} but labels are on {:?}", position_ids.device(), labels.device())));
+    }
+    let host = |t: &Tensor| -> Result<Vec<i64>> {
+        Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(tch::Device::Cpu).contiguous().view(-1)).map_err(|e| Error::runtime(e.to_string()))
+    };
+    let cols = labels.size().get(1).copied().unwrap_or(0) as usize;
+    let segments = crate::kernels::segments::packed_segments(&host(position_ids)?, &host(labels)?, cols, ignore_index, shift, require_tokens)
+        .map_err(|err| Error::value(err.to_string()))?;
+    let ids = Tensor::from_slice(&segments.ids).view(labels.size().as_slice()).to_device(labels.device());
+    Ok((ids, segments.tokens))
+}
+
+/// Validate the `position_ids` of packed rows against `labels`; the number of packed sequences.
+#[pyfunction]
+#[pyo3(signature = (labels, position_ids, ignore_index = -100, shift = true, require_tokens = false), text_signature = "(labels, position_ids, ignore_index=-100, shift=True, require_tokens=False)")]
+pub fn check_packed_inputs(py: Python<'_>, labels: PyTensor, position_ids: PyTensor, ignore_index: i64, shift: bool, require_tokens: bool) -> PyResult<usize> {
+    let count = py.allow_threads(move || packed_sequences(&labels, &position_ids, ignore_index, shift, require_tokens).map(|(_, tokens)| tokens.len()))?;
+    Ok(count)
+}
+
+/// Reduce per-token log-probs [B, T'] of packed rows to one log-prob per packed sequence [S], in
+/// order of appearance (row by row): an index_add over the tokens, differentiable.
+#[pyfunction]
+#[pyo3(signature = (token_logps, labels, position_ids, ignore_index = -100, shift = true, average = true), text_signature = "(token_logps, labels, position_ids, ignore_index=-100, shift=True, average=True)")]
+pub fn reduce_packed_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTensor, position_ids: PyTensor, ignore_index: i64, shift: bool, average: bool) -> PyResult<PyTensor> {
+    let out = py.allow_threads(move || -> Result<Tensor> {
+        let (ids, tokens) = packed_sequences(&labels, &position_ids, ignore_index, shift, average)?;
+        // The token at column c of a shifted row scores the label at c + 1, which is in that label's sequence.
+        let ids = shifted_labels(&ids, shift).reshape([-1]).to_device(token_logps.device());
+        let options = (token_logps.kind(), token_logps.device());
+        let total = Tensor::zeros([tokens.len() as i64], options).index_add(0, &ids, &token_logps.reshape([-1]));
+        if !average {
+            return Ok(total);
+        }
+        let counts: Vec<f64> = tokens.iter().map(|&n| n as f64).collect();
+        Ok(total / Tensor::from_slice(&counts).to_kind(token_logps.kind()).to_device(token_logps.device()))
+    })?;
+    Ok(PyTensor(out))
+}
+
 /// A [P] vector of per-sequence log-probs, checked, as float64: the loss formulas run in float64
 /// so that exp(2u) of LSIF (and the like) cannot overflow into inf − inf = NaN on the way.
 fn check_pair_vector(name: &str, value: &Tensor, like: Option<(&str, &Tensor)>) -> Result<Tensor> {

@@ -11,6 +11,8 @@ __all__ = [
     "check_logps_inputs",
     "token_logps_torch",
     "reduce_sequence_logps",
+    "check_packed_inputs",
+    "reduce_packed_logps",
     "simper_loss",
     "dil_loss",
     "preference_metrics",
@@ -42,6 +44,17 @@ def check_logps_inputs(
 def token_logps_torch(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True) -> torch.Tensor: ...
 def reduce_sequence_logps(
     token_logps: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, average: bool = True
+) -> torch.Tensor: ...
+def check_packed_inputs(
+    labels: torch.Tensor, position_ids: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False
+) -> int: ...
+def reduce_packed_logps(
+    token_logps: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    average: bool = True,
 ) -> torch.Tensor: ...
 def simper_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, reduction: str = "mean") -> torch.Tensor: ...
 def dil_loss(

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=32, help="preference pairs per batch (default: 32)")
     train.add_argument("--max-length", type=int, default=64, help="tokens per sequence (default: 64)")
     train.add_argument("--fused-linear", action="store_true", help="compute the loss from hidden states, never materialising logits")
+    train.add_argument("--padding-free", action="store_true", help="pack each preference batch into one row without padding (same loss, no compute on padding)")
     train.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     train.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="fused kernel vs log_softmax + gather: time and peak memory", description="Forward+backward time and peak memory of the fused log-prob kernel against log_softmax + gather and a logsumexp-based selective log-softmax, each in its own process.")
@@ -231,6 +232,7 @@ def _metrics_callback(path: Path):
 def _preference_train(model, tokenizer, collator, train, test, args, metrics_path: Path):
     from transformers import TrainingArguments
 
+    from .data import PreferenceCollator
     from .trainer import PreferenceTrainer
 
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
@@ -260,7 +262,7 @@ def _preference_train(model, tokenizer, collator, train, test, args, metrics_pat
         estimator=args.estimator,
         beta=args.beta,
         fused_linear=args.fused_linear,
-        data_collator=collator,
+        data_collator=PreferenceCollator(tokenizer, collator.max_length, collator.max_prompt_length, padding_free=args.padding_free),
         train_dataset=train,
         eval_dataset=test[:128],
         processing_class=tokenizer,

@@ -19,7 +19,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from .ops import _check_linear_inputs, _check_logps_inputs, _linear_logps_and_stats, _reduce_with_stats, _token_logps_and_stats
+from .ops import (
+    _check_linear_inputs,
+    _check_logps_inputs,
+    _check_packed_inputs,
+    _linear_logps_and_stats,
+    _reduce_with_stats,
+    _token_logps_and_stats,
+)
 
 __all__ = ["head_token_logps", "head_sequence_logps_with_stats", "add_logps_forward", "TokenLogpsOutput"]
 
@@ -118,13 +125,17 @@ def head_sequence_logps_with_stats(
     shift: bool = True,
     chunk_size: Optional[int] = None,
     return_stats: bool = True,
+    position_ids: Optional[torch.Tensor] = None,
 ):
     """:func:`simper_rs.linear_sequence_logps_with_stats` with the lm_head module instead of its
     weight, computed inside the module's forward (see the module docstring)."""
+    if position_ids is not None:
+        _check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     tokens, stats, _ = head_token_logps(
-        head, hidden, labels, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, with_stats=return_stats, require_tokens=average
+        head, hidden, labels, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, with_stats=return_stats,
+        require_tokens=average and position_ids is None,
     )
-    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)
+    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average, position_ids)
 
 
 def _model_output_base():
@@ -189,11 +200,16 @@ def add_logps_forward(model: torch.nn.Module) -> None:
         hidden = hidden[:, -labels.shape[1] :]
         head = model.get_output_embeddings()
         labels = labels.to(hidden.device)
+        # Packed rows (position_ids restarting at 0): every packed sequence needs a response token.
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            _check_packed_inputs(labels, position_ids.to(labels.device), ignore_index=-100, shift=True, require_tokens=True)
+        per_row = position_ids is None
         if simper_rs_fused_linear:
-            logps, (entropy, correct), mean_logits = head_token_logps(head, hidden, labels, require_tokens=True, mean_logits=True)
+            logps, (entropy, correct), mean_logits = head_token_logps(head, hidden, labels, require_tokens=per_row, mean_logits=True)
         else:
             logits = head(hidden)
-            _check_logps_inputs(logits, labels, ignore_index=-100, shift=True, require_tokens=True)
+            _check_logps_inputs(logits, labels, ignore_index=-100, shift=True, require_tokens=per_row)
             logps, (entropy, correct) = _token_logps_and_stats(logits, labels, -100, True, "auto", True)
             with torch.no_grad():
                 mean_logits = logits[:, :-1].mean(-1, dtype=torch.float32)

@@ -23,7 +23,7 @@ import torch
 
 from . import _core
 from .head import head_sequence_logps_with_stats
-from .ops import linear_sequence_logps_with_stats, sequence_logps_with_stats
+from .ops import _check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
 
 __all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS"]
 
@@ -90,7 +90,7 @@ class _PreferenceLoss(torch.nn.Module):
         self.backend = backend
         self.return_stats = bool(return_stats)
 
-    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None, lm_head=None):
+    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None, lm_head=None, position_ids=None):
         """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
 
         From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and either
@@ -114,12 +114,19 @@ class _PreferenceLoss(torch.nn.Module):
         if not isinstance(source, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(source).__name__}")
         batch = source.shape[0] if source.dim() > 0 else 0
-        if batch == 0 or batch % 2:
+        if position_ids is None and (batch == 0 or batch % 2):
             raise ValueError(
                 f"{name} must hold a [chosen; rejected] batch: the P chosen sequences then the P rejected ones "
                 f"(an even, non-zero batch size), got batch size {batch}"
             )
-        options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats)
+        if position_ids is not None:  # packed rows: the sequences, chosen ones first, are counted before any work
+            sequences = _check_packed_inputs(labels, position_ids, ignore_index=self.ignore_index, shift=self.shift)
+            if sequences == 0 or sequences % 2:
+                raise ValueError(
+                    f"position_ids hold {sequences} packed sequences; a [chosen; rejected] batch needs an even number: "
+                    "the P chosen sequences, then the P rejected ones"
+                )
+        options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats, position_ids=position_ids)
         if lm_head is not None:
             logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, **options)
         elif hidden is not None:
@@ -128,7 +135,8 @@ class _PreferenceLoss(torch.nn.Module):
             )
         else:
             logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options)
-        return logps[: batch // 2], logps[batch // 2 :], stats
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:], stats
 
     def from_sequence_logps(
         self,
@@ -171,6 +179,10 @@ class SimPERLoss(_PreferenceLoss):
     logits and never materialises the ``[2P, T, V]`` logits; same loss and metrics. Under a
     sharding engine (FSDP, DeepSpeed ZeRO-3) pass the module instead, ``lm_head=model.lm_head``:
     the op then runs as the module's forward, where the engine has gathered the weight.
+
+    Packed (padding-free) batches: ``position_ids`` (the shape of ``labels``, restarting at 0 at
+    each sequence) with all chosen sequences before all rejected ones; same loss and metrics as
+    the padded batch.
     """
 
     def forward(
@@ -183,8 +195,9 @@ class SimPERLoss(_PreferenceLoss):
         lm_head_bias: Optional[torch.Tensor] = None,
         chunk_size: Optional[int] = None,
         lm_head: Optional[torch.nn.Module] = None,
+        position_ids: Optional[torch.Tensor] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
         return self.from_sequence_logps(chosen, rejected, metrics=stats)
 
     def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
@@ -231,8 +244,9 @@ class DILLoss(_PreferenceLoss):
         lm_head_bias: Optional[torch.Tensor] = None,
         chunk_size: Optional[int] = None,
         lm_head: Optional[torch.nn.Module] = None,
+        position_ids: Optional[torch.Tensor] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
         return self.from_sequence_logps(chosen, rejected, ref_chosen_logps, ref_rejected_logps, metrics=stats)
 
     def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:

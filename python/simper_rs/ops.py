@@ -205,6 +205,8 @@ _check_logps_inputs = torch.compiler.disable(_core.check_logps_inputs)
 _token_logps_torch = torch.compiler.disable(_core.token_logps_torch)
 _token_stats_torch = torch.compiler.disable(_core.token_stats_torch)
 _reduce_sequence_logps = torch.compiler.disable(_core.reduce_sequence_logps)
+_reduce_packed_logps = torch.compiler.disable(_core.reduce_packed_logps)
+_check_packed_inputs = torch.compiler.disable(_core.check_packed_inputs)
 _check_linear_inputs = torch.compiler.disable(_core.check_linear_logps_inputs)
 
 
@@ -274,15 +276,23 @@ def sequence_logps(
     ignore_index: int = -100,
     shift: bool = True,
     backend: str = "auto",
+    position_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Per-sequence log-probabilities ``[B]`` over the response tokens.
 
     ``average=True`` gives ℓ(y) = (1/|y|) Σ_t log π(y_t | x, y_<t), the quantity SimPER and DIL
     use; ``average=False`` gives the sum. A row with no response tokens has no average and
     raises ``ValueError`` naming the row.
+
+    Packed (padding-free) rows: with ``position_ids`` (the shape of ``labels``, restarting at 0
+    at each sequence, as transformers takes them) the result has one value per packed sequence,
+    in order of appearance row by row. With ``shift`` the first label of each sequence must be
+    ``ignore_index`` (it would be predicted from the previous sequence); bad ``position_ids``
+    raise ``ValueError``.
     """
     return sequence_logps_with_stats(
-        logits, labels, average=average, ignore_index=ignore_index, shift=shift, backend=backend, return_stats=False
+        logits, labels, average=average, ignore_index=ignore_index, shift=shift, backend=backend, return_stats=False,
+        position_ids=position_ids,
     )[0]
 
 
@@ -295,18 +305,25 @@ def sequence_logps_with_stats(
     shift: bool = True,
     backend: str = "auto",
     return_stats: bool = True,
+    position_ids: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """:func:`sequence_logps` plus, with ``return_stats``, two metrics over all response tokens
     of the batch, computed in the same pass: ``entropy`` (mean predictive entropy, nats) and
     ``mean_token_accuracy`` (fraction where argmax of the logits equals the label)."""
     _resolve_backend(backend, logits)
-    _check_logps_inputs(logits, labels, ignore_index=ignore_index, shift=shift, require_tokens=average)
+    packed = position_ids is not None
+    _check_logps_inputs(logits, labels, ignore_index=ignore_index, shift=shift, require_tokens=average and not packed)
+    if packed:
+        _check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     tokens, stats = _token_logps_and_stats(logits, labels, ignore_index, shift, backend, return_stats)
-    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)
+    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average, position_ids)
 
 
-def _reduce_with_stats(tokens, stats, labels, ignore_index, shift, average):
-    logps = _reduce_sequence_logps(tokens, labels, ignore_index=ignore_index, shift=shift, average=average)
+def _reduce_with_stats(tokens, stats, labels, ignore_index, shift, average, position_ids=None):
+    if position_ids is not None:  # one value per packed sequence
+        logps = _reduce_packed_logps(tokens, labels, position_ids, ignore_index=ignore_index, shift=shift, average=average)
+    else:
+        logps = _reduce_sequence_logps(tokens, labels, ignore_index=ignore_index, shift=shift, average=average)
     metrics: Dict[str, float] = {}
     if stats is not None:
         entropy, correct = stats
@@ -356,11 +373,13 @@ def linear_sequence_logps(
     ignore_index: int = -100,
     shift: bool = True,
     chunk_size: Optional[int] = None,
+    position_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Per-sequence log-probs ``[B]`` from hidden states; see :func:`linear_token_logps` and
-    :func:`sequence_logps`."""
+    :func:`sequence_logps` (``position_ids`` for packed rows)."""
     return linear_sequence_logps_with_stats(
-        hidden, weight, labels, bias, average=average, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, return_stats=False
+        hidden, weight, labels, bias, average=average, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, return_stats=False,
+        position_ids=position_ids,
     )[0]
 
 
@@ -375,9 +394,13 @@ def linear_sequence_logps_with_stats(
     shift: bool = True,
     chunk_size: Optional[int] = None,
     return_stats: bool = True,
+    position_ids: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """:func:`linear_sequence_logps` plus the ``entropy`` and ``mean_token_accuracy`` metrics."""
-    if average:  # every row needs a response token to have an average; checked before any work
-        _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=True)
+    packed = position_ids is not None
+    if average or packed:  # every sequence needs a response token to have an average; checked before any work
+        _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=average and not packed)
+    if packed:
+        _check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     tokens, stats = _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, return_stats)
-    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average)
+    return _reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average, position_ids)

@@ -46,20 +46,23 @@ def preference_loss(
 ) -> PreferenceLossOutput:
     """One loss step on a collated [chosen; rejected] batch (see :class:`PreferenceCollator`).
 
-    ``inputs`` holds ``input_ids``, ``attention_mask`` and ``labels`` ``[2P, T]`` and optionally
+    ``inputs`` holds ``input_ids``, ``attention_mask`` and ``labels`` ``[2P, T]`` (or, packed,
+    ``input_ids``, ``labels`` and ``position_ids`` ``[1, L]``) and optionally
     precomputed ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[P]``; otherwise ``ref_model``
     (if given, for DIL) provides them. ``fused_linear`` computes the loss from the last hidden
     states and the lm_head weight without materialising the logits.
     """
-    input_ids, labels = inputs["input_ids"], inputs["labels"]
-    attention_mask = inputs.get("attention_mask")
+    labels, position_ids = inputs["labels"], inputs.get("position_ids")
+    # Padded rows come with an attention_mask; packed rows (padding_free) with position_ids only,
+    # from which transformers keeps attention within each sequence.
+    model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if inputs.get(k) is not None}
     refs = {}
     if isinstance(loss_fn, DILLoss):
         ref_chosen, ref_rejected = inputs.get("ref_chosen_logps"), inputs.get("ref_rejected_logps")
         if ref_chosen is None and ref_model is not None:
             with torch.no_grad():
-                ref_logits = ref_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                ref = sequence_logps(ref_logits, labels, ignore_index=loss_fn.ignore_index)
+                ref_logits = ref_model(**model_inputs, use_cache=False).logits
+                ref = sequence_logps(ref_logits, labels, ignore_index=loss_fn.ignore_index, position_ids=position_ids)
             half = ref.shape[0] // 2
             ref_chosen, ref_rejected = ref[:half], ref[half:]
         refs = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
@@ -67,15 +70,17 @@ def preference_loss(
         # Inside the (wrapped) model's forward, with the op run as the lm_head's own forward, so
         # that DDP, FSDP and ZeRO-3 gather the weight and reduce its gradient (simper_rs.head).
         add_logps_forward(_unwrap(model))
-        out = model(input_ids=input_ids, attention_mask=attention_mask, simper_rs_labels=labels)
+        out = model(**model_inputs, simper_rs_labels=labels)
+        device = out.token_logps.device
         logps, metrics = _reduce_with_stats(
-            out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(out.token_logps.device),
+            out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(device),
             -100, True, True,  # the labels convention of add_logps_forward (HF: -100, shifted)
+            position_ids.to(device) if position_ids is not None else None,
         )
         half = logps.shape[0] // 2
         return loss_fn.from_sequence_logps(logps[:half], logps[half:], **refs, metrics=metrics)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return loss_fn(logits, labels, **refs)
+    logits = model(**model_inputs, use_cache=False).logits
+    return loss_fn(logits, labels, position_ids=position_ids, **refs)
 
 
 def _trainer_base():
@@ -93,7 +98,9 @@ class PreferenceTrainer(_trainer_base()):
     (DIL), ``ref_model`` (optional frozen reference for DIL; or put ``ref_chosen_logps`` /
     ``ref_rejected_logps`` in the records), ``fused_linear`` (compute the loss from hidden states
     and the lm_head, never materialising logits), ``max_length`` and ``max_prompt_length`` (for
-    the default :class:`~simper_rs.data.PreferenceCollator`, built from ``processing_class``).
+    the default :class:`~simper_rs.data.PreferenceCollator`, built from ``processing_class``),
+    ``padding_free`` (pack each batch into one row without padding: same loss and gradients,
+    no compute spent on padding).
     ``train_dataset`` / ``eval_dataset`` may be lists of records, a JSONL path or a
     ``datasets.Dataset``.
     """
@@ -110,6 +117,7 @@ class PreferenceTrainer(_trainer_base()):
         fused_linear: bool = False,
         max_length: int = 512,
         max_prompt_length: int = 256,
+        padding_free: bool = False,
         data_collator=None,
         train_dataset=None,
         eval_dataset=None,
@@ -124,7 +132,11 @@ class PreferenceTrainer(_trainer_base()):
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class (the tokenizer) or a data_collator")
-            data_collator = PreferenceCollator(processing_class, max_length=max_length, max_prompt_length=max_prompt_length)
+            data_collator = PreferenceCollator(
+                processing_class, max_length=max_length, max_prompt_length=max_prompt_length, padding_free=padding_free
+            )
+        elif padding_free and not getattr(data_collator, "padding_free", False):
+            raise ValueError("padding_free=True needs a collator that packs: pass no data_collator, or PreferenceCollator(..., padding_free=True)")
         if isinstance(train_dataset, (str, list)):
             train_dataset = load_preference_data(train_dataset)
         if isinstance(eval_dataset, (str, list)):

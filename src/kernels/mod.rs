@@ -3,7 +3,9 @@
 //! - [`element`]: the logits element types (float32, float64, bfloat16, float16) and their
 //!   accumulation type;
 //! - [`fastexp`]: a branch-free `exp` that the compiler vectorises;
-//! - [`logps`]: the fused masked log-prob reduction of SPEC §4, forward and backward.
+//! - [`logps`]: the fused masked log-prob reduction of SPEC §4, forward and backward;
+//! - [`segments`]: packed (padding-free) rows split into their sequences by `position_ids`.
 pub mod element;
 pub mod fastexp;
 pub mod logps;
+pub mod segments;

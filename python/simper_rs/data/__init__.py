@@ -119,14 +119,20 @@ class PreferenceCollator:
 
     Returns ``input_ids``, ``attention_mask`` and ``labels`` of shape ``[2P, T]``, plus
     ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[P]`` when every record carries them.
+
+    ``padding_free=True`` packs the batch into one row instead: ``input_ids``, ``labels`` and
+    ``position_ids`` of shape ``[1, L]`` (L the total length, no padding), the P chosen sequences
+    then the P rejected ones, ``position_ids`` restarting at 0 at each sequence (transformers then
+    keeps attention within each sequence), labels -100 on prompts and on each sequence's first token.
     """
 
-    def __init__(self, tokenizer, max_length: int = 512, max_prompt_length: int = 256) -> None:
+    def __init__(self, tokenizer, max_length: int = 512, max_prompt_length: int = 256, *, padding_free: bool = False) -> None:
         if max_prompt_length >= max_length:
             raise ValueError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.max_prompt_length = int(max_prompt_length)
+        self.padding_free = bool(padding_free)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
@@ -176,13 +182,29 @@ class PreferenceCollator:
         encoded = [self.encode_record(r) for r in records]
         sequences = [e[0] for e in encoded] + [e[2] for e in encoded]
         labels = [e[1] for e in encoded] + [e[3] for e in encoded]
-        width = max(len(s) for s in sequences)
-        batch = {
-            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences]),
-            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
-            "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels]),
-        }
+        if self.padding_free:
+            batch = self._packed(sequences, labels)
+        else:
+            batch = self._padded(sequences, labels)
         for field in ("ref_chosen_logps", "ref_rejected_logps"):
             if all(field in r for r in records):
                 batch[field] = torch.tensor([float(r[field]) for r in records])
         return batch
+
+    def _packed(self, sequences: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:
+        """One row, no padding: the sequences one after the other, position_ids restarting at 0 at
+        each (the model's attention stays within a sequence), and each sequence's first label
+        -100 (it would be predicted from the previous sequence's last token)."""
+        return {
+            "input_ids": torch.tensor([[token for s in sequences for token in s]]),
+            "labels": torch.tensor([[label for y in labels for label in [-100] + y[1:]]]),
+            "position_ids": torch.tensor([[p for s in sequences for p in range(len(s))]]),
+        }
+
+    def _padded(self, sequences: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        return {
+            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+            "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels]),
+        }
