@@ -160,3 +160,11 @@ def test_trainer_step_packed_equals_padded(tiny, fused_linear):
         grads_got = torch.autograd.grad(got.loss, list(model.parameters()))
         for (name, _), a, e in zip(model.named_parameters(), grads_got, grads_want):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_torch_compile_of_the_packed_reduction():
+    """The packed path compiles like the per-row one (a clean graph break at the Rust reduction)."""
+    _, _, packed, packed_labels, position_ids = padded_and_packed()
+    eager = simper_rs.sequence_logps(packed, packed_labels, position_ids=position_ids)
+    compiled = torch.compile(lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), backend="eager")(packed)
+    torch.testing.assert_close(compiled, eager)

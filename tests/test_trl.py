@@ -331,3 +331,26 @@ def test_deepspeed_zero3_through_accelerate_matches_one_process(tmp_path, fused)
         ulps = 4 * torch.finfo(torch.float32).eps * one["scales"][name]  # w - step is rounded to float32
         torch.testing.assert_close(two["grads"][name], step, rtol=1e-5, atol=ulps, msg=name)
     assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("fused_linear", [True, False], ids=["fused-linear", "logits"])
+def test_padding_free_equals_padded(tmp_path, tokenizer, fused_linear):
+    """SimPERConfig(padding_free=True): one packed row per batch, same loss, metrics and gradients."""
+    losses, metrics, grads = [], [], []
+    for padding_free in (False, True):
+        model = build_tiny_model(tokenizer, seed=3)
+        trainer = SimPERTrainer(
+            model=model, args=config(tmp_path, padding_free=padding_free, use_fused_linear=fused_linear, max_length=24, truncation_mode="keep_end"),
+            train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
+        )
+        batch = first_batch(trainer)
+        assert ("position_ids" in batch) == padding_free and batch["input_ids"].shape[0] == (1 if padding_free else 8)
+        loss = trainer.compute_loss(trainer.model, batch)
+        losses.append(loss)
+        metrics.append({k: v[-1] for k, v in trainer._metrics["train"].items()})
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-7)
+    for name, value in metrics[0].items():
+        assert metrics[1][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for a, e in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-7)

@@ -31,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from . import _core
 from .head import add_logps_forward
 from .losses import ESTIMATORS, dil_loss, simper_loss
-from .ops import _reduce_sequence_logps
+from .ops import _reduce_packed_logps, _reduce_sequence_logps
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
 
@@ -66,7 +67,7 @@ from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
 from trl.trainer import dpo_trainer as _dpo_module  # noqa: E402
 from trl.trainer.utils import use_adapter  # noqa: E402
 
-__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "SUPPORTED_TRL"]
+__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "PackedPreferenceCollator", "SUPPORTED_TRL"]
 
 # DPOConfig fields that only TRL's DPO losses or its reference model read. SimPER (and
 # reference-free DIL) refuse a non-default value rather than silently ignore it.
@@ -182,6 +183,43 @@ def _without_reference_model(model):
         _dpo_module.create_model_from_path = original
 
 
+@dataclass
+class PackedPreferenceCollator:
+    """TRL's tokenized preference examples (``prompt_ids``, ``chosen_ids``, ``rejected_ids``)
+    packed into one row without padding: every prompt + chosen, then every prompt + rejected,
+    truncated as TRL's collator does, ``position_ids`` restarting at 0 at each sequence (the
+    model's attention stays within it) and each sequence's first token outside the completion
+    mask (it would be predicted from the previous sequence)."""
+
+    max_length: Optional[int] = None
+    truncation_mode: str = "keep_start"
+
+    def __call__(self, examples):
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
+        ids, completion, positions = [], [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for example in examples:
+                sequence = list(example["prompt_ids"]) + list(example[key])
+                mask = [0] * len(example["prompt_ids"]) + [1] * len(example[key])
+                if self.max_length is not None:
+                    cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+                    sequence, mask = sequence[cut], mask[cut]
+                mask[0] = 0
+                ids += sequence
+                completion += mask
+                positions += range(len(sequence))
+        batch = {
+            "input_ids": torch.tensor([ids]),
+            "completion_mask": torch.tensor([completion]),
+            "position_ids": torch.tensor([positions]),
+        }
+        for field_name in ("ref_chosen_logps", "ref_rejected_logps"):
+            if field_name in examples[0]:
+                batch[field_name] = torch.tensor([example[field_name] for example in examples])
+        return batch
+
+
 def _as_dataset(data):
     """Lists of records and JSONL paths become a ``datasets.Dataset`` (TRL's input type)."""
     if isinstance(data, (str, list)):
@@ -228,6 +266,14 @@ class _PreferenceLossTrainer(DPOTrainer):
                 f"{type(self).__name__}; set it to 0.0"
             )
         self._use_fused_linear = bool(args.use_fused_linear)  # read by the reference precompute inside __init__
+        # TRL 1.16 turns padding_free off ("temporarily unavailable"); here it packs each batch
+        # into one row with this package's collator and segment reductions.
+        self._padding_free = bool(args.padding_free)
+        if self._padding_free:
+            if data_collator is not None:
+                raise ValueError("padding_free=True packs batches with simper_rs.trl.PackedPreferenceCollator; pass no data_collator")
+            args.padding_free = False  # TRL would warn that it falls back to padding
+            data_collator = PackedPreferenceCollator(max_length=args.max_length, truncation_mode=args.truncation_mode)
         context = _without_reference_model(model) if self._reference_free else contextlib.nullcontext()
         with context:
             super().__init__(
@@ -275,7 +321,12 @@ class _PreferenceLossTrainer(DPOTrainer):
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
-        logps = _reduce_sequence_logps(out.token_logps, labels.to(out.token_logps.device), ignore_index=-100, shift=True, average=True)
+        device = out.token_logps.device
+        position_ids = inputs.get("position_ids") if self._padding_free else None
+        if position_ids is not None:  # one average per packed sequence, chosen ones first
+            logps = _reduce_packed_logps(out.token_logps, labels.to(device), position_ids.to(device), ignore_index=-100, shift=True, average=True)
+        else:
+            logps = _reduce_sequence_logps(out.token_logps, labels.to(device), ignore_index=-100, shift=True, average=True)
         return logps, out
 
     def compute_ref_log_probs(self, model, inputs):
@@ -325,22 +376,31 @@ class _PreferenceLossTrainer(DPOTrainer):
                 return loss, model(**model_kwargs)
         return loss
 
+    def _chosen_and_rejected(self, mask, inputs):
+        """The completion tokens ``[rows, T-1]`` of the chosen and of the rejected sequences: the
+        first and second half of the rows, or of the packed sequences."""
+        position_ids = inputs.get("position_ids") if self._padding_free else None
+        if position_ids is None:
+            chosen_rows = (torch.arange(mask.shape[0], device=mask.device) < mask.shape[0] // 2)[:, None]
+        else:
+            sequence = (position_ids.to(mask.device) == 0).flatten().cumsum(0).view_as(position_ids) - 1
+            chosen_rows = sequence[:, 1:] < (sequence.max() + 1) // 2
+        return mask & chosen_rows, mask & ~chosen_rows
+
     def _record_metrics(self, mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected) -> None:
         """TRL's metric names, each averaged over every process's batch (token metrics weighted by tokens)."""
         gather = self.accelerator.gather
         with torch.no_grad():
             mask = inputs["completion_mask"][:, 1:].to(out.entropy.device).bool()
-            chosen_mask, rejected_mask = mask.chunk(2, dim=0)
-            mean_logits_chosen, mean_logits_rejected = out.mean_logits.chunk(2, dim=0)
-            correct_chosen = out.correct.chunk(2, dim=0)[0]
+            chosen_mask, rejected_mask = self._chosen_and_rejected(mask, inputs)
             sums = [
                 (out.entropy * mask).sum(),
                 mask.sum(),
-                mean_logits_chosen[chosen_mask].sum(),
+                out.mean_logits[chosen_mask].sum(),
                 chosen_mask.sum(),
-                mean_logits_rejected[rejected_mask].sum(),
+                out.mean_logits[rejected_mask].sum(),
                 rejected_mask.sum(),
-                (correct_chosen * chosen_mask).sum(),
+                (out.correct * chosen_mask).sum(),
             ]
             sums = torch.stack([s.double() for s in sums])
             entropy, tokens, logits_c, tokens_c, logits_r, tokens_r, correct_c = gather(sums[None]).sum(0).tolist()
@@ -350,7 +410,9 @@ class _PreferenceLossTrainer(DPOTrainer):
             metrics["logits/rejected"].append(logits_r / max(tokens_r, 1))
             metrics["mean_token_accuracy"].append(correct_c / max(tokens_c, 1))
             if mode == "train":
-                self._total_train_tokens += int(gather(inputs["attention_mask"].sum()).sum().item()) // self._tp_size
+                attention_mask = inputs.get("attention_mask")  # packed rows have none, and no padding
+                real = attention_mask.sum() if attention_mask is not None else torch.tensor(inputs["input_ids"].numel(), device=mask.device)
+                self._total_train_tokens += int(gather(real).sum().item()) // self._tp_size
             metrics["num_tokens"] = [self._total_train_tokens]
             pairs = [chosen.detach(), rejected.detach()]
             if ref_chosen is not None:
