@@ -334,6 +334,9 @@ def cmd_train(args) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, ValueError) as err:
         raise CommandError(f"--device: {args.device} is not usable here ({str(err).splitlines()[0]})") from None
+    if device.type == "cpu":
+        # DeepSpeed, when installed, is imported by the Trainer and otherwise warns that it found no GPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if args.batch_size % processes:
         raise CommandError(f"--batch-size {args.batch_size} must split evenly over the {processes} processes")
     # Every process runs the same seeded warm-up and evaluations (identical models), and trains
