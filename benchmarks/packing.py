@@ -4,14 +4,17 @@ Llama, and the log-prob op alone on the same tokens.
 Lengths like real preference data: prompt and completion lengths drawn log-normally (prompt
 median 64 tokens, completion median 48, sigma 0.8), clipped to [4, 8x the median]; 8 pairs per
 step; the same records, initial weights and optimizer for both. The model is benchmarks/trainer.py's
-Llama (hidden 256, 4 layers, vocabulary 32000), float32, SimPER on the fused-linear path.
+Llama (hidden 256, 4 layers, vocabulary 32000), float32, SimPER, with the lm_head as the
+fused-linear op (which already skips padding and prompts) and as plain logits + the fused kernel.
 
-  padded  PreferenceCollator: [16, longest] with an attention mask
-  packed  PreferenceCollator(padding_free=True): [1, total], position_ids restarting per sequence
+  padded        PreferenceCollator: [16, longest] with an attention mask
+  packed        PreferenceCollator(padding_free=True): [1, total], position_ids restarting per sequence
+  packed_rows   PreferenceCollator(padding_free=True, max_tokens_per_row=ROW_TOKENS): rows of at most
+                ROW_TOKENS tokens (attention is quadratic in a row's length)
 
 Each method runs in its own process (peak resident memory above the level after imports).
 
-    python benchmarks/packing.py            # the sizes of RESULTS.md (about 2 minutes on 2 cores)
+    python benchmarks/packing.py            # the sizes of RESULTS.md (about 5 minutes on 2 cores)
     python benchmarks/packing.py --quick    # a smaller model, seconds
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ SIZES = {
     "quick": dict(hidden=64, layers=2, heads=4, vocab=4000, pairs=4, steps=2, warmup=1),
 }
 PROMPT_MEDIAN, COMPLETION_MEDIAN, SIGMA = 64, 48, 0.8
+ROW_TOKENS = 512
 
 
 def lognormal_length(rng, median: int) -> int:
@@ -64,7 +68,9 @@ def child(args: dict) -> dict:
     tokenizer = make_tokenizer(size["vocab"])
     steps = size["warmup"] + size["steps"]
     records = make_records(size, size["pairs"] * steps)
-    collator = PreferenceCollator(tokenizer, max_length=16 * PROMPT_MEDIAN, max_prompt_length=8 * PROMPT_MEDIAN, padding_free=args["method"] == "packed")
+    batching, head = args["method"].rsplit("/", 1)
+    packing = {"padded": {}, "packed": dict(padding_free=True), "packed_rows": dict(padding_free=True, max_tokens_per_row=ROW_TOKENS)}
+    collator = PreferenceCollator(tokenizer, max_length=16 * PROMPT_MEDIAN, max_prompt_length=8 * PROMPT_MEDIAN, **packing[batching])
     loss_fn = SimPERLoss()
     times, losses, computed, real = [], [], [], []
     with PeakRSS() as peak:
@@ -73,14 +79,14 @@ def child(args: dict) -> dict:
         for step in range(steps):
             batch = collator(records[step * size["pairs"] : (step + 1) * size["pairs"]])
             start = time.perf_counter()
-            out = preference_loss(model, batch, loss_fn, fused_linear=True)
+            out = preference_loss(model, batch, loss_fn, fused_linear=head == "fused_linear")
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             times.append(time.perf_counter() - start)
             losses.append(out.loss.item())
             computed.append(batch["input_ids"].numel())
-            real.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel())
+            real.append(sum(len(r["prompt"].split()) + len(r[k].split()) + 2 for r in records[step * size["pairs"] : (step + 1) * size["pairs"]] for k in ("chosen", "rejected")))
     return {
         "seconds": statistics.median(times[size["warmup"] :]),
         "computed": statistics.mean(computed),
@@ -151,22 +157,23 @@ def main() -> None:
     print(
         f"CPU threads: {os.cpu_count()}; Llama hidden {size['hidden']}, {size['layers']} layers, vocabulary {size['vocab']}; "
         f"{size['pairs']} pairs per step; prompt/completion lengths log-normal (medians {PROMPT_MEDIAN}/{COMPLETION_MEDIAN}, "
-        f"sigma {SIGMA}, clipped to [4, 8x median]); float32, fused linear; median of {size['steps']} steps after {size['warmup']} warm-up\n"
+        f"sigma {SIGMA}, clipped to [4, 8x median]); float32; median of {size['steps']} steps after {size['warmup']} warm-up\n"
     )
-    print("| batch | tokens computed / step | real tokens / step | s / step | vs padded | peak above imports | first-step loss |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    base = None
-    for method in ("padded", "packed"):
-        r = run_isolated(__file__, {"method": method, "size": name})
-        if "error" in r:
-            print(f"| {method} | failed: {r['error']} | | | | | |", flush=True)
-            continue
-        base = base or r
-        print(
-            f"| {method} | {r['computed']:.0f} | {r['real']:.0f} | {r['seconds']:.3f} | {r['seconds'] / base['seconds']:.2f}x | "
-            f"{fmt_bytes(r['peak'])} | {r['first_loss']:.9e} |",
-            flush=True,
-        )
+    print("| lm_head | batch | tokens computed / step | real tokens / step | s / step | vs padded | peak above imports | first-step loss |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for head in ("fused_linear", "logits"):
+        base = None
+        for batching in ("padded", "packed", "packed_rows"):
+            r = run_isolated(__file__, {"method": f"{batching}/{head}", "size": name})
+            if "error" in r:
+                print(f"| {head} | {batching} | failed: {r['error']} | | | | | |", flush=True)
+                continue
+            base = base or r
+            print(
+                f"| {head} | {batching} | {r['computed']:.0f} | {r['real']:.0f} | {r['seconds']:.3f} | {r['seconds'] / base['seconds']:.2f}x | "
+                f"{fmt_bytes(r['peak'])} | {r['first_loss']:.9e} |",
+                flush=True,
+            )
     if not args.quick:
         print()
         print(op_comparison())

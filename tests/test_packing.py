@@ -142,15 +142,17 @@ def test_collator_packs_into_one_row(tiny):
         assert packed["labels"][0, start + 1 : start + n].tolist() == padded["labels"][i, 1:n].tolist()
 
 
+@pytest.mark.parametrize("rows", [None, 40], ids=["one-row", "rows-of-40"])
 @pytest.mark.parametrize("fused_linear", [False, True], ids=["logits", "fused-linear"])
-def test_trainer_step_packed_equals_padded(tiny, fused_linear):
+def test_trainer_step_packed_equals_padded(tiny, fused_linear, rows):
     from simper_rs.trainer import make_loss, preference_loss
 
     data, tokenizer, build_tiny_model = tiny
     model = build_tiny_model(tokenizer, seed=5)
     records = data["train"][:4]
     padded = PreferenceCollator(tokenizer, 32, 16)(records)
-    packed = PreferenceCollator(tokenizer, 32, 16, padding_free=True)(records)
+    packed = PreferenceCollator(tokenizer, 32, 16, padding_free=True, max_tokens_per_row=rows)(records)
+    assert packed["input_ids"].shape[0] == (1 if rows is None else 4)
     for loss in (make_loss("simper"), make_loss("dil", "lsif")):
         want = preference_loss(model, padded, loss, fused_linear=fused_linear)
         got = preference_loss(model, packed, loss, fused_linear=fused_linear)
@@ -168,3 +170,27 @@ def test_torch_compile_of_the_packed_reduction():
     eager = simper_rs.sequence_logps(packed, packed_labels, position_ids=position_ids)
     compiled = torch.compile(lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), backend="eager")(packed)
     torch.testing.assert_close(compiled, eager)
+
+
+def test_pack_rows_fills_rows_in_order_within_the_budget():
+    from simper_rs.data import pack_rows
+
+    sequences = [([1] * n, [-100] + [7] * (n - 1)) for n in (3, 4, 9, 2, 2)]
+    rows = pack_rows(sequences, pad_token_id=0, max_tokens_per_row=8)
+    # 3+4 fit in 8; 9 is longer than the budget and gets its own row; 2+2 share the last
+    assert rows["input_ids"].shape == (3, 9)
+    assert rows["position_ids"].tolist() == [
+        [0, 1, 2, 0, 1, 2, 3, 4, 5],  # the fill continues the row's last sequence
+        [0, 1, 2, 3, 4, 5, 6, 7, 8],
+        [0, 1, 0, 1, 2, 3, 4, 5, 6],
+    ]
+    assert rows["labels"][0].tolist() == [-100, 7, 7, -100, 7, 7, 7, -100, -100]
+    assert rows["input_ids"][2].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0]
+    logps = simper_rs.sequence_logps(torch.zeros(3, 9, 5), rows["labels"].clamp(max=4), position_ids=rows["position_ids"], average=False)
+    assert logps.shape == (5,)  # five sequences: the fill adds none
+    with pytest.raises(ValueError, match="max_tokens_per_row must be a positive int and goes with padding_free=True"):
+        PreferenceCollator(_Tok(), max_tokens_per_row=8)
+
+
+class _Tok:
+    pad_token_id = eos_token_id = bos_token_id = 0

@@ -333,18 +333,21 @@ def test_deepspeed_zero3_through_accelerate_matches_one_process(tmp_path, fused)
     assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("rows", [None, 50], ids=["one-row", "rows-of-50"])
 @pytest.mark.parametrize("fused_linear", [True, False], ids=["fused-linear", "logits"])
-def test_padding_free_equals_padded(tmp_path, tokenizer, fused_linear):
-    """SimPERConfig(padding_free=True): one packed row per batch, same loss, metrics and gradients."""
+def test_padding_free_equals_padded(tmp_path, tokenizer, fused_linear, rows):
+    """SimPERConfig(padding_free=True): packed batches, same loss, metrics and gradients."""
     losses, metrics, grads = [], [], []
     for padding_free in (False, True):
         model = build_tiny_model(tokenizer, seed=3)
+        packing = dict(padding_free=True, max_tokens_per_row=rows) if padding_free else {}
         trainer = SimPERTrainer(
-            model=model, args=config(tmp_path, padding_free=padding_free, use_fused_linear=fused_linear, max_length=24, truncation_mode="keep_end"),
+            model=model, args=config(tmp_path, use_fused_linear=fused_linear, max_length=24, truncation_mode="keep_end", **packing),
             train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
         )
         batch = first_batch(trainer)
-        assert ("position_ids" in batch) == padding_free and batch["input_ids"].shape[0] == (1 if padding_free else 8)
+        assert ("position_ids" in batch) == padding_free
+        assert batch["input_ids"].shape[0] == (8 if not padding_free else 1 if rows is None else 3)
         loss = trainer.compute_loss(trainer.model, batch)
         losses.append(loss)
         metrics.append({k: v[-1] for k, v in trainer._metrics["train"].items()})

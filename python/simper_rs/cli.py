@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=int, default=64, help="tokens per sequence (default: 64)")
     train.add_argument("--fused-linear", action="store_true", help="compute the loss from hidden states, never materialising logits")
     train.add_argument("--padding-free", action="store_true", help="pack each preference batch into one row without padding (same loss, no compute on padding)")
+    train.add_argument("--max-tokens-per-row", type=int, help="with --padding-free: pack into rows of at most this many tokens (default: one row)")
     train.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     train.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="fused kernel vs log_softmax + gather: time and peak memory", description="Forward+backward time and peak memory of the fused log-prob kernel against log_softmax + gather and a logsumexp-based selective log-softmax, each in its own process.")
@@ -262,7 +263,9 @@ def _preference_train(model, tokenizer, collator, train, test, args, metrics_pat
         estimator=args.estimator,
         beta=args.beta,
         fused_linear=args.fused_linear,
-        data_collator=PreferenceCollator(tokenizer, collator.max_length, collator.max_prompt_length, padding_free=args.padding_free),
+        data_collator=PreferenceCollator(
+            tokenizer, collator.max_length, collator.max_prompt_length, padding_free=args.padding_free, max_tokens_per_row=args.max_tokens_per_row
+        ),
         train_dataset=train,
         eval_dataset=test[:128],
         processing_class=tokenizer,
@@ -337,6 +340,8 @@ def cmd_train(args) -> int:
     if device.type == "cpu":
         # DeepSpeed, when installed, is imported by the Trainer and otherwise warns that it found no GPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if args.max_tokens_per_row is not None and (not args.padding_free or args.max_tokens_per_row < 1):
+        raise CommandError("--max-tokens-per-row takes a positive number and goes with --padding-free")
     if args.batch_size % processes:
         raise CommandError(f"--batch-size {args.batch_size} must split evenly over the {processes} processes")
     # Every process runs the same seeded warm-up and evaluations (identical models), and trains

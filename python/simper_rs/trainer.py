@@ -100,7 +100,8 @@ class PreferenceTrainer(_trainer_base()):
     and the lm_head, never materialising logits), ``max_length`` and ``max_prompt_length`` (for
     the default :class:`~simper_rs.data.PreferenceCollator`, built from ``processing_class``),
     ``padding_free`` (pack each batch into one row without padding: same loss and gradients,
-    no compute spent on padding).
+    no compute spent on padding; ``max_tokens_per_row`` packs into rows of at most that many
+    tokens instead, which keeps each row's quadratic attention cost down).
     ``train_dataset`` / ``eval_dataset`` may be lists of records, a JSONL path or a
     ``datasets.Dataset``.
     """
@@ -118,6 +119,7 @@ class PreferenceTrainer(_trainer_base()):
         max_length: int = 512,
         max_prompt_length: int = 256,
         padding_free: bool = False,
+        max_tokens_per_row: Optional[int] = None,
         data_collator=None,
         train_dataset=None,
         eval_dataset=None,
@@ -133,7 +135,8 @@ class PreferenceTrainer(_trainer_base()):
             if processing_class is None:
                 raise ValueError("pass processing_class (the tokenizer) or a data_collator")
             data_collator = PreferenceCollator(
-                processing_class, max_length=max_length, max_prompt_length=max_prompt_length, padding_free=padding_free
+                processing_class, max_length=max_length, max_prompt_length=max_prompt_length, padding_free=padding_free,
+                max_tokens_per_row=max_tokens_per_row,
             )
         elif padding_free and not getattr(data_collator, "padding_free", False):
             raise ValueError("padding_free=True needs a collator that packs: pass no data_collator, or PreferenceCollator(..., padding_free=True)")

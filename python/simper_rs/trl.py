@@ -38,6 +38,7 @@ import torch
 from . import _core
 from .head import add_logps_forward
 from .losses import ESTIMATORS, dil_loss, simper_loss
+from .data import pack_rows
 from .ops import _reduce_packed_logps, _reduce_sequence_logps
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
@@ -89,7 +90,7 @@ _REFERENCE_FIELDS = (
     "ref_model_sync_steps",
 )
 # Batch entries that are not model inputs.
-_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "num_tokens"})
 
 
 def _dpo_default(name: str):
@@ -121,6 +122,9 @@ class SimPERConfig(DPOConfig):
         default=True,
         metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
     )
+    max_tokens_per_row: Optional[int] = field(
+        default=None, metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."}
+    )
 
     def __post_init__(self):
         _refuse_set_fields(self, ("beta",) + _DPO_LOSS_FIELDS, "SimPER has no hyperparameter and its own loss")
@@ -145,6 +149,9 @@ class DILConfig(DPOConfig):
     use_fused_linear: bool = field(
         default=True,
         metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
+    )
+    max_tokens_per_row: Optional[int] = field(
+        default=None, metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."}
     )
 
     def __post_init__(self):
@@ -186,33 +193,35 @@ def _without_reference_model(model):
 @dataclass
 class PackedPreferenceCollator:
     """TRL's tokenized preference examples (``prompt_ids``, ``chosen_ids``, ``rejected_ids``)
-    packed into one row without padding: every prompt + chosen, then every prompt + rejected,
-    truncated as TRL's collator does, ``position_ids`` restarting at 0 at each sequence (the
-    model's attention stays within it) and each sequence's first token outside the completion
-    mask (it would be predicted from the previous sequence)."""
+    packed without padding: every prompt + chosen, then every prompt + rejected, truncated as
+    TRL's collator does, ``position_ids`` restarting at 0 at each sequence (the model's attention
+    stays within it) and each sequence's first token outside the completion mask (it would be
+    predicted from the previous sequence). One row, or rows of at most ``max_tokens_per_row``
+    tokens (:func:`simper_rs.data.pack_rows`)."""
 
     max_length: Optional[int] = None
     truncation_mode: str = "keep_start"
+    pad_token_id: int = 0
+    max_tokens_per_row: Optional[int] = None
 
     def __call__(self, examples):
         if self.truncation_mode not in ("keep_start", "keep_end"):
             raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
-        ids, completion, positions = [], [], []
+        sequences = []
         for key in ("chosen_ids", "rejected_ids"):
             for example in examples:
-                sequence = list(example["prompt_ids"]) + list(example[key])
+                ids = list(example["prompt_ids"]) + list(example[key])
                 mask = [0] * len(example["prompt_ids"]) + [1] * len(example[key])
                 if self.max_length is not None:
                     cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
-                    sequence, mask = sequence[cut], mask[cut]
-                mask[0] = 0
-                ids += sequence
-                completion += mask
-                positions += range(len(sequence))
+                    ids, mask = ids[cut], mask[cut]
+                sequences.append((ids, [0] + mask[1:]))
+        rows = pack_rows(sequences, self.pad_token_id, self.max_tokens_per_row, label_fill=0)
         batch = {
-            "input_ids": torch.tensor([ids]),
-            "completion_mask": torch.tensor([completion]),
-            "position_ids": torch.tensor([positions]),
+            "input_ids": rows["input_ids"],
+            "completion_mask": rows["labels"],
+            "position_ids": rows["position_ids"],
+            "num_tokens": torch.tensor(sum(len(ids) for ids, _ in sequences)),  # the fill of shorter rows is no token
         }
         for field_name in ("ref_chosen_logps", "ref_rejected_logps"):
             if field_name in examples[0]:
@@ -273,7 +282,12 @@ class _PreferenceLossTrainer(DPOTrainer):
             if data_collator is not None:
                 raise ValueError("padding_free=True packs batches with simper_rs.trl.PackedPreferenceCollator; pass no data_collator")
             args.padding_free = False  # TRL would warn that it falls back to padding
-            data_collator = PackedPreferenceCollator(max_length=args.max_length, truncation_mode=args.truncation_mode)
+            pad = getattr(processing_class, "pad_token_id", None)
+            pad = pad if pad is not None else getattr(processing_class, "eos_token_id", None)
+            data_collator = PackedPreferenceCollator(
+                max_length=args.max_length, truncation_mode=args.truncation_mode, pad_token_id=pad if pad is not None else 0,
+                max_tokens_per_row=args.max_tokens_per_row,
+            )
         context = _without_reference_model(model) if self._reference_free else contextlib.nullcontext()
         with context:
             super().__init__(
@@ -410,8 +424,8 @@ class _PreferenceLossTrainer(DPOTrainer):
             metrics["logits/rejected"].append(logits_r / max(tokens_r, 1))
             metrics["mean_token_accuracy"].append(correct_c / max(tokens_c, 1))
             if mode == "train":
-                attention_mask = inputs.get("attention_mask")  # packed rows have none, and no padding
-                real = attention_mask.sum() if attention_mask is not None else torch.tensor(inputs["input_ids"].numel(), device=mask.device)
+                attention_mask = inputs.get("attention_mask")  # packed rows have none: their collator counts
+                real = attention_mask.sum() if attention_mask is not None else inputs["num_tokens"].to(mask.device)
                 self._total_train_tokens += int(gather(real).sum().item()) // self._tp_size
             metrics["num_tokens"] = [self._total_train_tokens]
             pairs = [chosen.detach(), rejected.detach()]

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["PreferenceDataError", "load_preference_data", "PreferenceCollator", "default_data_dir", "load_default_data"]
+__all__ = ["PreferenceDataError", "load_preference_data", "PreferenceCollator", "pack_rows", "default_data_dir", "load_default_data"]
 
 FIELDS = ("prompt", "chosen", "rejected")
 Record = Dict[str, Any]
@@ -109,6 +109,33 @@ def load_preference_data(source: Union[str, os.PathLike, Iterable[Record]]) -> L
     return [_check_record(i, r) for i, r in enumerate(raw)]
 
 
+def pack_rows(sequences, pad_token_id: int, max_tokens_per_row: Optional[int] = None, label_fill: int = -100) -> Dict[str, torch.Tensor]:
+    """Pack ``(token ids, labels)`` sequences, in order, into rows of at most
+    ``max_tokens_per_row`` tokens (one row when None; a longer sequence gets a row of its own).
+
+    Returns ``input_ids``, ``labels`` and ``position_ids`` ``[rows, width]``. Shorter rows are
+    filled up to the width as a continuation of their last sequence (``position_ids`` counting
+    on, labels ``label_fill``, the pad token): no new sequence, and since attention is causal no
+    real token sees the fill. Each row's attention is quadratic in its own length only.
+    """
+    rows: List[list] = [[]]
+    for ids, labels in sequences:
+        used = sum(len(i) for i, _ in rows[-1])
+        if rows[-1] and max_tokens_per_row is not None and used + len(ids) > max_tokens_per_row:
+            rows.append([])
+        rows[-1].append((ids, labels))
+    width = max(sum(len(i) for i, _ in row) for row in rows)
+    input_ids, out_labels, position_ids = [], [], []
+    for row in rows:
+        ids = [t for i, _ in row for t in i]
+        fill = width - len(ids)
+        input_ids.append(ids + [pad_token_id] * fill)
+        out_labels.append([label for _, y in row for label in y] + [label_fill] * fill)
+        positions = [p for i, _ in row for p in range(len(i))]
+        position_ids.append(positions + list(range(positions[-1] + 1, positions[-1] + 1 + fill)))
+    return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(out_labels), "position_ids": torch.tensor(position_ids)}
+
+
 class PreferenceCollator:
     """Tokenize preference records into one ``[chosen; rejected]`` batch.
 
@@ -124,15 +151,29 @@ class PreferenceCollator:
     ``position_ids`` of shape ``[1, L]`` (L the total length, no padding), the P chosen sequences
     then the P rejected ones, ``position_ids`` restarting at 0 at each sequence (transformers then
     keeps attention within each sequence), labels -100 on prompts and on each sequence's first token.
+    ``max_tokens_per_row`` packs into several rows of at most that many tokens instead (see
+    :func:`pack_rows`): attention costs the square of a row's length, so long packed rows give
+    back part of what packing saves.
     """
 
-    def __init__(self, tokenizer, max_length: int = 512, max_prompt_length: int = 256, *, padding_free: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        *,
+        padding_free: bool = False,
+        max_tokens_per_row: Optional[int] = None,
+    ) -> None:
         if max_prompt_length >= max_length:
             raise ValueError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.max_prompt_length = int(max_prompt_length)
         self.padding_free = bool(padding_free)
+        if max_tokens_per_row is not None and (not padding_free or max_tokens_per_row < 1):
+            raise ValueError(f"max_tokens_per_row must be a positive int and goes with padding_free=True, got {max_tokens_per_row!r}")
+        self.max_tokens_per_row = max_tokens_per_row
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
@@ -192,14 +233,12 @@ class PreferenceCollator:
         return batch
 
     def _packed(self, sequences: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:
-        """One row, no padding: the sequences one after the other, position_ids restarting at 0 at
-        each (the model's attention stays within a sequence), and each sequence's first label
-        -100 (it would be predicted from the previous sequence's last token)."""
-        return {
-            "input_ids": torch.tensor([[token for s in sequences for token in s]]),
-            "labels": torch.tensor([[label for y in labels for label in [-100] + y[1:]]]),
-            "position_ids": torch.tensor([[p for s in sequences for p in range(len(s))]]),
-        }
+        """The sequences one after the other, without padding between them: ``position_ids``
+        restart at 0 at each (the model's attention stays within a sequence) and each sequence's
+        first label is -100 (it would be predicted from the previous sequence's last token)."""
+        return pack_rows(
+            [(s, [-100] + y[1:]) for s, y in zip(sequences, labels)], self.pad_token_id, self.max_tokens_per_row
+        )
 
     def _padded(self, sequences: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:
         width = max(len(s) for s in sequences)
