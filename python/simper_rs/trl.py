@@ -108,15 +108,8 @@ def _refuse_set_fields(config, names, why: str) -> None:
 
 
 @dataclass
-class SimPERConfig(DPOConfig):
-    """``trl.DPOConfig`` for SimPER: every training, data and logging option of DPOConfig.
-
-    SimPER has no hyperparameter and no reference model, so DPO's loss fields (``beta``,
-    ``loss_type``, ``label_smoothing``, ...) and reference fields (``precompute_ref_log_probs``,
-    ``sync_ref_model``, ...) are refused when set. ``use_fused_linear`` (default True) computes
-    the log-probs from the hidden states and the ``lm_head`` without building the logits;
-    False builds the logits with the ``lm_head`` module and reduces them with the fused kernel.
-    """
+class _LogpsOptions:
+    """The options of this package's log-probs, shared by both configs."""
 
     use_fused_linear: bool = field(
         default=True,
@@ -126,6 +119,19 @@ class SimPERConfig(DPOConfig):
         default=None, metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."}
     )
 
+
+@dataclass
+class SimPERConfig(_LogpsOptions, DPOConfig):
+    """``trl.DPOConfig`` for SimPER: every training, data and logging option of DPOConfig.
+
+    SimPER has no hyperparameter and no reference model, so DPO's loss fields (``beta``,
+    ``loss_type``, ``label_smoothing``, ...) and reference fields (``precompute_ref_log_probs``,
+    ``sync_ref_model``, ...) are refused when set. ``use_fused_linear`` (default True) computes
+    the log-probs from the hidden states and the ``lm_head`` without building the logits;
+    False builds the logits with the ``lm_head`` module and reduces them with the fused kernel.
+    """
+
+
     def __post_init__(self):
         _refuse_set_fields(self, ("beta",) + _DPO_LOSS_FIELDS, "SimPER has no hyperparameter and its own loss")
         _refuse_set_fields(self, _REFERENCE_FIELDS, "SimPER uses no reference model")
@@ -133,7 +139,7 @@ class SimPERConfig(DPOConfig):
 
 
 @dataclass
-class DILConfig(DPOConfig):
+class DILConfig(_LogpsOptions, DPOConfig):
     """``trl.DPOConfig`` for DIL: ``estimator`` in lsif (default), bce, ukl or cpc.
 
     ``beta`` (default 1.0) is the one hyperparameter of ``cpc`` and is refused for the others.
@@ -146,13 +152,6 @@ class DILConfig(DPOConfig):
     estimator: str = field(default="lsif", metadata={"help": "DIL density-ratio estimator: lsif, bce, ukl or cpc."})
     beta: float = field(default=1.0, metadata={"help": "β of the cpc estimator (unused by the others)."})
     reference_free: bool = field(default=True, metadata={"help": "Train without a reference model (ℓ_ref = 0)."})
-    use_fused_linear: bool = field(
-        default=True,
-        metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
-    )
-    max_tokens_per_row: Optional[int] = field(
-        default=None, metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."}
-    )
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
