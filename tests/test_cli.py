@@ -56,6 +56,21 @@ def test_main_job_improves_held_out_preference_accuracy(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/margins" in r for r in rows) and any("eval_rewards/margins" in r for r in rows)
     assert (tmp_path / "run" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    # the trained model is kept, and is the one evaluated
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import torch
+    from simper_rs.cli import evaluate
+    from simper_rs.data import PreferenceCollator, load_default_data
+
+    model_dir = tmp_path / "run" / "model"
+    assert f"saved the trained model and tokenizer to {model_dir}" in out.stdout
+    assert (model_dir / "model.safetensors").exists()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    collator = PreferenceCollator(tokenizer, max_length=64, max_prompt_length=32)
+    again = evaluate(model, tokenizer, collator, load_default_data()["test"], torch.device("cpu"))
+    assert again == pytest.approx(after, abs=1e-3)
 
 
 def test_train_on_a_user_file_with_a_split(tmp_path):
@@ -85,3 +100,15 @@ def test_main_job_on_two_processes(tmp_path):
     assert rows and len(keys) == len(set(keys))  # each log written once (by rank 0), not once per process
     odd = subprocess.run([*command, "--batch-size", "31"], capture_output=True, text=True, env=env, timeout=600)
     assert odd.returncode != 0 and "--batch-size 31 must split evenly over the 2 processes" in odd.stderr
+
+
+def test_fused_linear_run_saves_the_ordinary_model(tmp_path):
+    out = simper_rs("train", "--fused-linear", "--epochs", "0.2", "--warmup-steps", "2", "--output-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    from transformers import AutoModelForCausalLM
+
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear) and "forward" not in model.__dict__
+    assert torch.isfinite(model(input_ids=torch.tensor([[2, 5, 6]])).logits).all()

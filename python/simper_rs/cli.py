@@ -368,6 +368,11 @@ def cmd_train(args) -> int:
 
     if rank != 0:
         return 0
+    # The aligned model is the point of the run: saved as an ordinary HuggingFace model (its own
+    # lm_head, whatever loss path trained it), loadable with the Auto classes.
+    model_dir = args.output_dir / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
     png_path = args.output_dir / "training.png"
     _plot(metrics_path, png_path, f"simper-rs: {loss_name}")
     summary = {"loss": args.loss, "estimator": args.estimator, "before": before, "after": after, "seconds": time.perf_counter() - started}
@@ -375,6 +380,7 @@ def cmd_train(args) -> int:
     print(f"\n{loss_name}: held-out evaluation before and after preference training\n")
     print(_summary(before, after))
     print(f"\nwrote {metrics_path}, {png_path} and {args.output_dir / 'summary.json'} in {summary['seconds']:.0f} s")
+    print(f"saved the trained model and tokenizer to {model_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
     return 0
 
 
