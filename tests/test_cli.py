@@ -71,6 +71,13 @@ def test_main_job_improves_held_out_preference_accuracy(tmp_path):
     collator = PreferenceCollator(tokenizer, max_length=64, max_prompt_length=32)
     again = evaluate(model, tokenizer, collator, load_default_data()["test"], torch.device("cpu"))
     assert again == pytest.approx(after, abs=1e-3)
+    # simper-rs eval on the saved model prints the same numbers, in the rows of train's table
+    table = simper_rs("eval", "--model", str(model_dir))
+    assert table.returncode == 0, table.stderr[-2000:]
+    printed = {line[:22].strip(): float(line[22:]) for line in table.stdout.splitlines()[3:] if line.strip()}
+    assert printed == pytest.approx({k: round(v, 3) for k, v in after.items()}, abs=1.1e-3)
+    missing = simper_rs("eval", "--model", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
 
 
 def test_train_on_a_user_file_with_a_split(tmp_path):

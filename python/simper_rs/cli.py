@@ -57,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="fused kernel vs log_softmax + gather: time and peak memory", description="Forward+backward time and peak memory of the fused log-prob kernel against log_softmax + gather and a logsumexp-based selective log-softmax, each in its own process.")
     bench.add_argument("--quick", action="store_true", help="a small size, in seconds")
+    evaluate_ = sub.add_parser(
+        "eval",
+        help="held-out preference accuracy, margins and log-probs of a saved model",
+        description="Evaluate a saved causal LM (for example <output-dir>/model of simper-rs train) on preference "
+        "records: the rows of the table train prints.",
+    )
+    evaluate_.add_argument("--model", type=Path, required=True, help="a local HuggingFace causal-LM folder")
+    evaluate_.add_argument("--data", type=Path, help="preference records (.jsonl or .json); default: the embedded held-out split")
+    evaluate_.add_argument("--max-length", type=int, default=64, help="tokens per sequence (default: 64, as train)")
+    evaluate_.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     doctor = sub.add_parser(
         "doctor",
         help="versions, CPU and CUDA support, and which kernel runs where",
@@ -322,6 +332,43 @@ def _summary(before: Dict[str, float], after: Dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _device(name: str, processes: int = 1):
+    import torch
+
+    try:
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is None and processes > 1:  # one GPU per process
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as err:
+        raise CommandError(f"--device: {name} is not usable here ({str(err).splitlines()[0]})") from None
+    return device
+
+
+def _values(values: Dict[str, float]) -> str:
+    lines = [f"{'held-out':<22}{'value':>10}"]
+    lines += [f"{key:<22}{value:>10.3f}" for key, value in values.items()]
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from .data import PreferenceCollator, PreferenceDataError, load_default_data, load_preference_data
+
+    device = _device(args.device)
+    try:
+        records = load_default_data()["test"] if args.data is None else load_preference_data(args.data)
+    except FileNotFoundError as err:
+        raise CommandError(str(err)) from None
+    except PreferenceDataError as err:
+        raise CommandError(f"bad preference data: {err}") from None
+    model, tokenizer, model_name = _load_model(args, records)
+    model.to(device)
+    collator = PreferenceCollator(tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
+    print(f"simper-rs eval: {model_name} on {len(records)} preference pairs\n")
+    print(_values(evaluate(model, tokenizer, collator, records, device)))
+    return 0
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -330,13 +377,7 @@ def cmd_train(args) -> int:
     if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0:
         raise CommandError("--epochs, --lr and --batch-size must be positive")
     processes, rank = _world()
-    try:
-        device = torch.device(args.device)
-        if device.type == "cuda" and device.index is None and processes > 1:  # one GPU per process
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as err:
-        raise CommandError(f"--device: {args.device} is not usable here ({str(err).splitlines()[0]})") from None
+    device = _device(args.device, processes)
     if device.type == "cpu":
         # DeepSpeed, when installed, is imported by the Trainer and otherwise warns that it found no GPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -404,7 +445,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"train": cmd_train, "bench": cmd_bench, "doctor": cmd_doctor}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "doctor": cmd_doctor}[args.command](args)
     except CommandError as err:
         print(f"simper-rs {args.command}: error: {err}", file=sys.stderr)
         return 2
