@@ -81,27 +81,28 @@ def _parser() -> argparse.ArgumentParser:
 # -- data and model
 
 
-def _load_data(args) -> tuple:
+def _records(path: Optional[Path], default_split: str) -> List[dict]:
+    """Preference records from ``path``, or a split of the embedded data set; bad files are one-line errors."""
     from .data import PreferenceDataError, load_default_data, load_preference_data
 
     try:
-        if args.data is None:
-            default = load_default_data()
-            train, test = default["train"], default["test"]
-            if args.eval_data is not None:
-                test = load_preference_data(args.eval_data)
-            return train, test
-        train = load_preference_data(args.data)
-        if args.eval_data is not None:
-            return train, load_preference_data(args.eval_data)
-        if len(train) < 10:
-            raise CommandError(f"--data: {args.data} has {len(train)} records; give at least 10, or --eval-data")
-        cut = len(train) - max(1, len(train) // 10)
-        return train[:cut], train[cut:]
+        return load_default_data()[default_split] if path is None else load_preference_data(path)
     except FileNotFoundError as err:
         raise CommandError(str(err)) from None
     except PreferenceDataError as err:
         raise CommandError(f"bad preference data: {err}") from None
+
+
+def _load_data(args) -> tuple:
+    if args.data is None:
+        return _records(None, "train"), _records(args.eval_data, "test")
+    train = _records(args.data, "train")
+    if args.eval_data is not None:
+        return train, _records(args.eval_data, "test")
+    if len(train) < 10:
+        raise CommandError(f"--data: {args.data} has {len(train)} records; give at least 10, or --eval-data")
+    cut = len(train) - max(1, len(train) // 10)
+    return train[:cut], train[cut:]
 
 
 def _load_model(args, records):
@@ -352,15 +353,10 @@ def _values(values: Dict[str, float]) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .data import PreferenceCollator, PreferenceDataError, load_default_data, load_preference_data
+    from .data import PreferenceCollator
 
     device = _device(args.device)
-    try:
-        records = load_default_data()["test"] if args.data is None else load_preference_data(args.data)
-    except FileNotFoundError as err:
-        raise CommandError(str(err)) from None
-    except PreferenceDataError as err:
-        raise CommandError(f"bad preference data: {err}") from None
+    records = _records(args.data, "test")
     model, tokenizer, model_name = _load_model(args, records)
     model.to(device)
     collator = PreferenceCollator(tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
