@@ -39,7 +39,7 @@ from . import _core
 from .head import add_logps_forward
 from .losses import ESTIMATORS, dil_loss, simper_loss
 from .data import pack_rows
-from .ops import _reduce_packed_logps, _reduce_sequence_logps
+from .ops import _reduce_with_stats
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
 
@@ -335,11 +335,9 @@ class _PreferenceLossTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
         device = out.token_logps.device
-        position_ids = inputs.get("position_ids") if self._padding_free else None
-        if position_ids is not None:  # one average per packed sequence, chosen ones first
-            logps = _reduce_packed_logps(out.token_logps, labels.to(device), position_ids.to(device), ignore_index=-100, shift=True, average=True)
-        else:
-            logps = _reduce_sequence_logps(out.token_logps, labels.to(device), ignore_index=-100, shift=True, average=True)
+        # Packed batches: one average per packed sequence, chosen ones first.
+        position_ids = inputs["position_ids"].to(device) if self._padding_free else None
+        logps, _ = _reduce_with_stats(out.token_logps, None, labels.to(device), -100, True, True, position_ids)
         return logps, out
 
     def compute_ref_log_probs(self, model, inputs):
