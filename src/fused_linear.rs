@@ -22,12 +22,12 @@ const CHUNK_TARGET_BYTES: i64 = 64 << 20;
 const MIN_CHUNK_ROWS: i64 = 128;
 
 /// Rows per chunk: `chunk_size` when given, else [`linear_chunk_rows`].
-fn chunk_rows(positions: i64, hidden_size: i64, vocab: i64, kind: Kind, chunk_size: Option<i64>) -> i64 {
+pub(crate) fn chunk_rows(positions: i64, hidden_size: i64, vocab: i64, kind: Kind, chunk_size: Option<i64>) -> i64 {
     chunk_size.unwrap_or_else(|| linear_chunk_rows(positions, hidden_size, vocab, kind.elt_size_in_bytes() as i64))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_linear_inputs(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, require_tokens: bool) -> Result<()> {
+pub(crate) fn check_linear_inputs(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, require_tokens: bool) -> Result<()> {
     let hsize = hidden.size();
     if hsize.len() != 3 {
         return Err(Error::value(format!("hidden must be a 3-D tensor [batch, seq_len, hidden_size], got shape {hsize:?}")));
@@ -79,13 +79,13 @@ fn check_linear_inputs(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, 
 
 /// Which hidden rows (flattened [B·T]) predict a label, and where their results go in the
 /// flattened [B·T'] outputs.
-struct LabelledRows {
-    hidden_rows: Tensor,
-    output_rows: Tensor,
-    targets: Tensor,
+pub(crate) struct LabelledRows {
+    pub(crate) hidden_rows: Tensor,
+    pub(crate) output_rows: Tensor,
+    pub(crate) targets: Tensor,
 }
 
-fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRows {
+pub(crate) fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRows {
     let used = shifted_labels(labels, shift);
     let positions = used.size()[1];
     let flat = used.reshape([-1]);
@@ -98,7 +98,7 @@ fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> LabelledRow
 
 /// Logits of one chunk of rows at a time, into one reusable buffer: no allocation (and no page
 /// faults) per chunk. Chunks are `[start, start + n)` ranges over the labelled rows.
-struct ChunkedLogits<'a> {
+pub(crate) struct ChunkedLogits<'a> {
     weight_t: Tensor,
     bias: Option<&'a Tensor>,
     buffer: Tensor,
@@ -108,10 +108,14 @@ struct ChunkedLogits<'a> {
 
 impl<'a> ChunkedLogits<'a> {
     fn new(hidden: &Tensor, weight: &Tensor, bias: Option<&'a Tensor>, chunk_size: Option<i64>, total: i64) -> Self {
-        let vocab = weight.size()[0];
-        let step = chunk_rows(total, hidden.size()[hidden.dim() - 1], vocab, hidden.kind(), chunk_size).min(total.max(1));
-        let buffer = Tensor::empty([step, vocab], (hidden.kind(), hidden.device()));
-        Self { weight_t: weight.transpose(0, 1), bias, buffer, step, total }
+        let step = chunk_rows(total, hidden.size()[hidden.dim() - 1], weight.size()[0], hidden.kind(), chunk_size).min(total.max(1));
+        Self::with_rows(hidden, weight, bias, step, total)
+    }
+
+    /// A buffer of `rows` rows, for callers that choose their own chunk boundaries.
+    pub(crate) fn with_rows(hidden: &Tensor, weight: &Tensor, bias: Option<&'a Tensor>, rows: i64, total: i64) -> Self {
+        let buffer = Tensor::empty([rows, weight.size()[0]], (hidden.kind(), hidden.device()));
+        Self { weight_t: weight.transpose(0, 1), bias, buffer, step: rows, total }
     }
 
     fn chunks(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
@@ -119,7 +123,7 @@ impl<'a> ChunkedLogits<'a> {
     }
 
     /// h_c·Wᵀ (+ b) for the `n` rows of `h_c`, in the shared buffer.
-    fn logits(&self, h_c: &Tensor) -> Tensor {
+    pub(crate) fn logits(&self, h_c: &Tensor) -> Tensor {
         let mut logits = self.buffer.narrow(0, 0, h_c.size()[0]);
         let _ = h_c.matmul_out(&logits, &self.weight_t);
         if let Some(b) = self.bias {
@@ -131,9 +135,43 @@ impl<'a> ChunkedLogits<'a> {
 
 type LinearForward = (Tensor, Tensor, Tensor, Tensor);
 
+/// Per-row (log-prob of the target, logsumexp, entropy, argmax == target) of one chunk's logits
+/// `[n, V]`, each `[1, n]` (the statistics empty unless `with_stats`): the fused CPU kernel, the
+/// CUDA kernel on `cuda_stream`, or libtorch ops elsewhere.
+pub(crate) fn chunk_softmax(logits: &Tensor, targets: &Tensor, ignore_index: i64, with_stats: bool, cuda_stream: Option<u64>) -> Result<LinearForward> {
+    let (logits, targets) = (logits.unsqueeze(0), targets.unsqueeze(0));
+    if logits.device() == Device::Cpu {
+        return fused_cpu::forward_validated(&logits, &targets, ignore_index, false, with_stats);
+    }
+    if let Some(stream) = cuda_stream {
+        return fused_cuda::forward_validated(&logits, &targets, ignore_index, false, with_stats, stream);
+    }
+    let acc = accumulation_kind(logits.kind());
+    let lp = reference_token_logps(&logits, &targets, ignore_index, false);
+    let ls = logits.to_kind(acc).logsumexp(-1, false);
+    let none = || Tensor::zeros([0], (acc, logits.device()));
+    let (ent, cor) = if with_stats { reference_token_stats(&logits, &targets, ignore_index, false) } else { (none(), none()) };
+    Ok((lp, ls, ent, cor))
+}
+
+/// The row gradients g·(onehot(y) − softmax(x)) of one chunk's logits `[n, V]`, given each row's
+/// incoming gradient `g` and logsumexp `l` (`[n]`): written over the logits by the fused kernels
+/// (they are not needed again), through libtorch ops elsewhere.
+pub(crate) fn chunk_row_grads(mut logits: Tensor, targets: &Tensor, ignore_index: i64, g: &Tensor, l: &Tensor, cuda_stream: Option<u64>) -> Result<Tensor> {
+    if logits.device() == Device::Cpu {
+        fused_cpu::backward_in_place(&mut logits, targets, ignore_index, g, l)?;
+        Ok(logits)
+    } else if let Some(stream) = cuda_stream {
+        fused_cuda::backward_in_place(&logits, targets, ignore_index, g, l, stream)?;
+        Ok(logits)
+    } else {
+        Ok(reference_row_grads(&logits, targets, l, g))
+    }
+}
+
 /// The stream to run the chunks' softmax on in the CUDA kernel, or None for libtorch ops: the
 /// caller's stream when it gave one and the dtype is one the kernel takes (not float64).
-fn cuda_kernel_stream(hidden: &Tensor, cuda_stream: Option<u64>) -> Option<u64> {
+pub(crate) fn cuda_kernel_stream(hidden: &Tensor, cuda_stream: Option<u64>) -> Option<u64> {
     cuda_stream.filter(|_| matches!(hidden.kind(), Kind::Float | Kind::BFloat16 | Kind::Half))
 }
 
@@ -155,18 +193,8 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
     let hidden_flat = hidden.reshape([b * t, h]);
     let chunked = ChunkedLogits::new(hidden, weight, bias, chunk_size, rows.output_rows.size()[0]);
     for (start, n) in chunked.chunks() {
-        let logits = chunked.logits(&hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n))).unsqueeze(0);
-        let targets = rows.targets.narrow(0, start, n).unsqueeze(0);
-        let (lp, ls, ent, cor) = if hidden.device() == Device::Cpu {
-            fused_cpu::forward_validated(&logits, &targets, ignore_index, false, with_stats)?
-        } else if let Some(stream) = cuda_stream {
-            fused_cuda::forward_validated(&logits, &targets, ignore_index, false, with_stats, stream)?
-        } else {
-            let lp = reference_token_logps(&logits, &targets, ignore_index, false);
-            let ls = logits.to_kind(acc).logsumexp(-1, false);
-            let (ent, cor) = if with_stats { reference_token_stats(&logits, &targets, ignore_index, false) } else { (Tensor::zeros([0], options), Tensor::zeros([0], options)) };
-            (lp, ls, ent, cor)
-        };
+        let logits = chunked.logits(&hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n)));
+        let (lp, ls, ent, cor) = chunk_softmax(&logits, &rows.targets.narrow(0, start, n), ignore_index, with_stats, cuda_stream)?;
         let out_rows = rows.output_rows.narrow(0, start, n);
         let _ = logps.index_copy_(0, &out_rows, &lp.reshape([-1]));
         let _ = lse.index_copy_(0, &out_rows, &ls.reshape([-1]));
@@ -178,6 +206,20 @@ fn forward(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Ten
     let shape = [b, used];
     let stats_shape: &[i64] = if with_stats { &shape } else { &[0] };
     Ok((logps.reshape(shape), lse.reshape(shape), entropy.reshape(stats_shape), correct.reshape(stats_shape)))
+}
+
+/// grad W += G_cᵀ·h_c and grad b += Σ G_c, in the accumulators' dtype (float32, or float64).
+pub(crate) fn accumulate_parameter_grads(row_grads: &Tensor, h_c: &Tensor, grad_weight: Option<&mut Tensor>, grad_bias: Option<&mut Tensor>) {
+    if let Some(gw) = grad_weight {
+        if gw.kind() == row_grads.kind() {
+            let _ = gw.addmm_(&row_grads.transpose(0, 1), h_c); // accumulate, no temporary
+        } else {
+            let _ = gw.g_add_(&row_grads.transpose(0, 1).matmul(h_c).to_kind(gw.kind()));
+        }
+    }
+    if let Some(gb) = grad_bias {
+        let _ = gb.g_add_(&row_grads.sum_dim_intlist(0, false, gb.kind()));
+    }
 }
 
 /// Row gradients g·(onehot(y) − softmax(x)) of one chunk through libtorch ops (non-CPU devices).
@@ -210,30 +252,12 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, weight: &Tensor, bias: Option<
         let hidden_rows = rows.hidden_rows.narrow(0, start, n);
         let out_rows = rows.output_rows.narrow(0, start, n);
         let h_c = hidden_flat.index_select(0, &hidden_rows);
-        let mut logits = chunked.logits(&h_c);
-        let targets = rows.targets.narrow(0, start, n);
+        let logits = chunked.logits(&h_c);
         let g = grad_flat.index_select(0, &out_rows);
         let l = lse_flat.index_select(0, &out_rows);
-        // The row gradients G_c, overwriting the chunk's logits (not needed again) with the fused
-        // kernels; through libtorch ops where no fused kernel runs.
-        let row_grads = if hidden.device() == Device::Cpu {
-            fused_cpu::backward_in_place(&mut logits, &targets, ignore_index, &g, &l)?;
-            logits
-        } else if let Some(stream) = cuda_stream {
-            fused_cuda::backward_in_place(&logits, &targets, ignore_index, &g, &l, stream)?;
-            logits
-        } else {
-            reference_row_grads(&logits, &targets, &l, &g)
-        };
+        let row_grads = chunk_row_grads(logits, &rows.targets.narrow(0, start, n), ignore_index, &g, &l, cuda_stream)?;
         let _ = grad_hidden.index_copy_(0, &hidden_rows, &row_grads.matmul(weight));
-        if grad_weight.kind() == row_grads.kind() {
-            let _ = grad_weight.addmm_(&row_grads.transpose(0, 1), &h_c); // accumulate, no temporary
-        } else {
-            let _ = grad_weight.g_add_(&row_grads.transpose(0, 1).matmul(&h_c).to_kind(acc));
-        }
-        if let Some(gb) = &mut grad_bias {
-            let _ = gb.g_add_(&row_grads.sum_dim_intlist(0, false, acc));
-        }
+        accumulate_parameter_grads(&row_grads, &h_c, Some(&mut grad_weight), grad_bias.as_mut());
     }
     Ok((
         grad_hidden.reshape([b, t, h]),

@@ -9,7 +9,8 @@
 //! - `fused_ops.rs`: the Python entry points of the fused op, dispatching on the device;
 //! - `numpy.rs`: the same kernels and formulas on numpy arrays;
 //! - `fused_cpu.rs`: tensor bindings of the fused CPU kernels; `threads.rs`: their thread pool;
-//! - `fused_linear.rs`: log-probs from hidden states and the lm_head weight, chunked.
+//! - `fused_linear.rs`: log-probs from hidden states and the lm_head weight, chunked;
+//! - `fused_linear_loss.rs`: the pair losses from hidden states, gradients taken in the forward.
 use pyo3::prelude::*;
 
 pub mod cuda;
@@ -18,6 +19,7 @@ pub mod fused_cpu;
 pub mod fused_cuda;
 pub mod fused_ops;
 pub mod fused_linear;
+pub mod fused_linear_loss;
 pub mod kernels;
 pub mod losses;
 pub mod numpy;
@@ -75,6 +77,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_linear::linear_token_logps_backward, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::linear_chunk_rows, m)?)?;
     m.add_function(wrap_pyfunction!(fused_linear::check_linear_logps_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_linear_loss::linear_pair_loss_forward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compile_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_supported_archs, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_kernel_resource_usage, m)?)?;

@@ -234,7 +234,7 @@ pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTe
 /// `position_ids` of packed rows checked against `labels` and split into sequences (read to
 /// the host: O(B·T) integers). Returns each position's sequence index (on the labels' device)
 /// and each sequence's labelled-token count.
-fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<(Tensor, Vec<u64>)> {
+pub(crate) fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<(Tensor, Vec<u64>)> {
     if is_float(position_ids.kind()) || position_ids.kind() == Kind::Bool {
         return Err(Error::type_(format!("position_ids must be an integer tensor, got {}", dtype_name(position_ids.kind()))));
     }

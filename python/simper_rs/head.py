@@ -83,22 +83,7 @@ def head_token_logps(
     and, with ``mean_logits``, the mean over the vocabulary of each position's logits (no
     gradient), else None.
     """
-    owner = _innermost(head)
-    if not isinstance(getattr(owner, "weight", None), torch.Tensor):
-        raise ValueError(f"the lm_head ({type(head).__name__}) has no weight tensor for the fused-linear op")
-
-    def fused_forward(hidden: torch.Tensor):
-        weight = owner.weight
-        if _is_dtensor(weight):
-            raise ValueError(
-                "lm_head.weight is still a sharded DTensor inside the lm_head's forward (tensor parallelism, or an "
-                "FSDP2 layout whose unit holding the lm_head is not unsharded here); the fused-linear op needs the "
-                "whole weight: use fused_linear=False"
-            )
-        # The op runs in the hidden states' dtype, as autocast would run the lm_head's matmul.
-        weight = weight.to(hidden.dtype)
-        bias = getattr(owner, "bias", None)
-        bias = bias.to(hidden.dtype) if bias is not None else None
+    def compute(hidden, weight, bias):
         _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=require_tokens)
         logps, (entropy, correct) = _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, with_stats)
         means = None
@@ -110,9 +95,37 @@ def head_token_logps(
                     means += bias.mean(dtype=torch.float32)
         return logps, entropy, correct, means
 
-    with _forward_replaced(owner, fused_forward):
-        logps, entropy, correct, means = head(hidden)
+    logps, entropy, correct, means = run_as_head_forward(head, hidden, compute)
     return logps, (entropy, correct), means
+
+
+def head_weight_owner(head: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``head`` (possibly wrapped) that owns the lm_head weight."""
+    owner = _innermost(head)
+    if not isinstance(getattr(owner, "weight", None), torch.Tensor):
+        raise ValueError(f"the lm_head ({type(head).__name__}) has no weight tensor for the fused-linear op")
+    return owner
+
+
+def run_as_head_forward(head: torch.nn.Module, hidden: torch.Tensor, compute):
+    """``compute(hidden, weight, bias)`` run as ``head``'s forward, where the engines have
+    materialised the weight, with weight and bias in the hidden states' dtype (as autocast would
+    run the lm_head's matmul)."""
+    owner = head_weight_owner(head)
+
+    def fused_forward(hidden: torch.Tensor):
+        weight = owner.weight
+        if _is_dtensor(weight):
+            raise ValueError(
+                "lm_head.weight is still a sharded DTensor inside the lm_head's forward (tensor parallelism, or an "
+                "FSDP2 layout whose unit holding the lm_head is not unsharded here); the fused-linear op needs the "
+                "whole weight: use fused_linear=False"
+            )
+        bias = getattr(owner, "bias", None)
+        return compute(hidden, weight.to(hidden.dtype), bias.to(hidden.dtype) if bias is not None else None)
+
+    with _forward_replaced(owner, fused_forward):
+        return head(hidden)
 
 
 def head_sequence_logps_with_stats(
@@ -178,7 +191,10 @@ def add_logps_forward(model: torch.nn.Module) -> None:
     Accelerate), everything happens inside the wrapped forward, as the engines expect; with
     ``simper_rs_fused_linear=True`` (default) the log-probs come from the fused-linear op run as
     the lm_head's forward (:func:`head_token_logps`), else from the lm_head's logits and the fused
-    kernel. Calls without ``simper_rs_labels`` go to the previous forward unchanged (generation).
+    kernel. With ``simper_rs_loss=loss_fn`` (a SimPERLoss or DILLoss, and ``simper_rs_refs`` =
+    (ref_chosen, ref_rejected) for DIL against a reference) it returns ``loss_fn``'s
+    :class:`~simper_rs.PreferenceLossOutput` instead, the gradients computed in the forward.
+    Calls without ``simper_rs_labels`` go to the previous forward unchanged (generation).
     """
     if getattr(model, "_simper_rs_logps_forward", False):
         return
@@ -190,7 +206,7 @@ def add_logps_forward(model: torch.nn.Module) -> None:
     previous = model.forward
 
     @functools.wraps(previous)
-    def forward(*args, simper_rs_labels=None, simper_rs_fused_linear=True, **kwargs):
+    def forward(*args, simper_rs_labels=None, simper_rs_fused_linear=True, simper_rs_loss=None, simper_rs_refs=None, **kwargs):
         if simper_rs_labels is None:
             return previous(*args, **kwargs)
         kwargs["use_cache"] = False
@@ -200,8 +216,17 @@ def add_logps_forward(model: torch.nn.Module) -> None:
         hidden = hidden[:, -labels.shape[1] :]
         head = model.get_output_embeddings()
         labels = labels.to(hidden.device)
-        # Packed rows (position_ids restarting at 0): every packed sequence needs a response token.
         position_ids = kwargs.get("position_ids")
+        if simper_rs_loss is not None:
+            # The whole loss here, in the lm_head's forward: with a gradient to take, its gradients
+            # are computed in the forward (simper_rs.fused_loss).
+            if position_ids is not None:
+                position_ids = position_ids.to(labels.device)
+            refs = dict(zip(("ref_chosen_logps", "ref_rejected_logps"), simper_rs_refs)) if simper_rs_refs else {}
+            if simper_rs_fused_linear:
+                return simper_rs_loss(hidden=hidden, lm_head=head, labels=labels, position_ids=position_ids, **refs)
+            return simper_rs_loss(head(hidden), labels, position_ids=position_ids, **refs)
+        # Packed rows (position_ids restarting at 0): every packed sequence needs a response token.
         if position_ids is not None:
             _check_packed_inputs(labels, position_ids.to(labels.device), ignore_index=-100, shift=True, require_tokens=True)
         per_row = position_ids is None

@@ -22,6 +22,7 @@ from typing import Dict, Optional
 import torch
 
 from . import _core
+from .fused_loss import fused_pair_loss
 from .head import head_sequence_logps_with_stats
 from .ops import _check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
 
@@ -90,6 +91,24 @@ class _PreferenceLoss(torch.nn.Module):
         self.backend = backend
         self.return_stats = bool(return_stats)
 
+    def _check_pair_batch(self, source, name, labels, position_ids) -> None:
+        """A [chosen; rejected] batch: an even number of rows, or of packed sequences, checked before any work."""
+        if not isinstance(source, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(source).__name__}")
+        batch = source.shape[0] if source.dim() > 0 else 0
+        if position_ids is None and (batch == 0 or batch % 2):
+            raise ValueError(
+                f"{name} must hold a [chosen; rejected] batch: the P chosen sequences then the P rejected ones "
+                f"(an even, non-zero batch size), got batch size {batch}"
+            )
+        if position_ids is not None:
+            sequences = _check_packed_inputs(labels, position_ids, ignore_index=self.ignore_index, shift=self.shift)
+            if sequences == 0 or sequences % 2:
+                raise ValueError(
+                    f"position_ids hold {sequences} packed sequences; a [chosen; rejected] batch needs an even number: "
+                    "the P chosen sequences, then the P rejected ones"
+                )
+
     def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None, lm_head=None, position_ids=None):
         """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
 
@@ -99,33 +118,13 @@ class _PreferenceLoss(torch.nn.Module):
         if hidden is not None:
             if logits is not None:
                 raise ValueError("pass either logits, or hidden with lm_head_weight (or lm_head), not both")
-            if (lm_head_weight is None) == (lm_head is None):
-                raise ValueError(
-                    "hidden needs exactly one of lm_head_weight (the [vocab, hidden_size] output projection) "
-                    "and lm_head (the output projection module)"
-                )
-            if lm_head is not None and lm_head_bias is not None:
-                raise ValueError("lm_head_bias goes with lm_head_weight; with lm_head the module's own bias is used")
+            self._check_fused_linear_arguments(lm_head_weight, lm_head_bias, lm_head)
             source, name = hidden, "hidden"
         else:
             if logits is None:
                 raise TypeError("the loss needs logits, or hidden and lm_head_weight")
             source, name = logits, "logits"
-        if not isinstance(source, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(source).__name__}")
-        batch = source.shape[0] if source.dim() > 0 else 0
-        if position_ids is None and (batch == 0 or batch % 2):
-            raise ValueError(
-                f"{name} must hold a [chosen; rejected] batch: the P chosen sequences then the P rejected ones "
-                f"(an even, non-zero batch size), got batch size {batch}"
-            )
-        if position_ids is not None:  # packed rows: the sequences, chosen ones first, are counted before any work
-            sequences = _check_packed_inputs(labels, position_ids, ignore_index=self.ignore_index, shift=self.shift)
-            if sequences == 0 or sequences % 2:
-                raise ValueError(
-                    f"position_ids hold {sequences} packed sequences; a [chosen; rejected] batch needs an even number: "
-                    "the P chosen sequences, then the P rejected ones"
-                )
+        self._check_pair_batch(source, name, labels, position_ids)
         options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats, position_ids=position_ids)
         if lm_head is not None:
             logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, **options)
@@ -137,6 +136,37 @@ class _PreferenceLoss(torch.nn.Module):
             logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:], stats
+
+    def _loss(self, logits, labels, ref_chosen, ref_rejected, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids):
+        if hidden is not None and logits is None:
+            # From hidden states with a gradient to take: the gradients are computed in the forward
+            # (simper_rs.fused_loss), after the same checks as the log-prob path.
+            self._check_fused_linear_arguments(lm_head_weight, lm_head_bias, lm_head)
+            self._check_pair_batch(hidden, "hidden", labels, position_ids)
+            fused = fused_pair_loss(
+                self, hidden, labels, weight=lm_head_weight, bias=lm_head_bias, lm_head=lm_head, position_ids=position_ids,
+                ref_chosen=ref_chosen, ref_rejected=ref_rejected, chunk_size=chunk_size,
+            )
+            if fused is not None:
+                loss, logps, stats = fused
+                half = logps.shape[0] // 2
+                return self._output(loss, logps[:half], logps[half:], stats, ref_chosen, ref_rejected)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
+        return self.from_sequence_logps(chosen, rejected, ref_chosen, ref_rejected, metrics=stats)
+
+    @staticmethod
+    def _check_fused_linear_arguments(lm_head_weight, lm_head_bias, lm_head) -> None:
+        if (lm_head_weight is None) == (lm_head is None):
+            raise ValueError(
+                "hidden needs exactly one of lm_head_weight (the [vocab, hidden_size] output projection) "
+                "and lm_head (the output projection module)"
+            )
+        if lm_head is not None and lm_head_bias is not None:
+            raise ValueError("lm_head_bias goes with lm_head_weight; with lm_head the module's own bias is used")
+
+    def _fused_loss_spec(self):
+        """(loss, estimator, beta) as ``src/fused_linear_loss.rs`` names them."""
+        raise NotImplementedError
 
     def from_sequence_logps(
         self,
@@ -197,8 +227,10 @@ class SimPERLoss(_PreferenceLoss):
         lm_head: Optional[torch.nn.Module] = None,
         position_ids: Optional[torch.Tensor] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
-        return self.from_sequence_logps(chosen, rejected, metrics=stats)
+        return self._loss(logits, labels, None, None, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
+
+    def _fused_loss_spec(self):
+        return "simper", "lsif", 1.0
 
     def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
         if ref_chosen is not None or ref_rejected is not None:
@@ -246,8 +278,12 @@ class DILLoss(_PreferenceLoss):
         lm_head: Optional[torch.nn.Module] = None,
         position_ids: Optional[torch.Tensor] = None,
     ) -> PreferenceLossOutput:
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
-        return self.from_sequence_logps(chosen, rejected, ref_chosen_logps, ref_rejected_logps, metrics=stats)
+        return self._loss(
+            logits, labels, ref_chosen_logps, ref_rejected_logps, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids
+        )
+
+    def _fused_loss_spec(self):
+        return "dil", self.estimator, self.beta
 
     def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
         return dil_loss(chosen, rejected, ref_chosen, ref_rejected, estimator=self.estimator, beta=self.beta)

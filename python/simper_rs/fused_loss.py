@@ -1,0 +1,138 @@
+"""SimPER and DIL from hidden states with the gradients computed in the forward.
+
+The fused-linear log-prob op (:func:`simper_rs.linear_token_logps`) knows nothing of the loss, so
+its backward recomputes every chunk's logits. The loss modules know more: every loss here is a
+function of each pair's two average log-probs, so the Rust side (``src/fused_linear_loss.rs``)
+processes chunks of whole pairs and, while a chunk's logits are still in memory, takes the loss
+gradient of its tokens and the hidden / weight / bias gradients: three matmuls per chunk instead
+of four, and no logits recomputed. The autograd function below returns those gradients from its
+backward, scaled by the incoming gradient of the loss.
+
+Used by :class:`~simper_rs.SimPERLoss` and :class:`~simper_rs.DILLoss` when they are given
+``hidden`` (with ``lm_head_weight`` or ``lm_head``) and a gradient is needed; under
+``torch.no_grad()`` (evaluation) they run the plain fused-linear forward instead.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from . import _core
+from .head import head_weight_owner, run_as_head_forward
+from .ops import _linear_cuda_stream, _linear_token_logps_backward, _reduce_with_stats, _require_storage
+
+
+class _GradientInForward(torch.autograd.Function):
+    """(loss, per-sequence average log-probs [2P]) of a [chosen; rejected] batch from hidden states.
+
+    The gradient of ``loss`` is computed in the forward; a gradient reaching the sequence
+    log-probs directly (another term built on ``chosen_logps``) goes through the fused-linear
+    op's recomputing backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, metrics_out):
+        ignore_index, shift, chunk_size, return_stats = options
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        kind, estimator, beta = loss_fn._fused_loss_spec()
+        with torch.autocast(hidden.device.type, enabled=False):  # the op picks its own precision
+            tokens, lse, entropy, correct, grad_hidden, grad_weight, grad_bias = _core.linear_pair_loss_forward(
+                hidden, weight, bias, labels, position_ids, kind, estimator, beta, ref_chosen, ref_rejected,
+                ignore_index, shift, chunk_size, return_stats, needs, _linear_cuda_stream(hidden),
+            )
+        # The loss and metrics from the token log-probs exactly as the log-prob path computes them.
+        logps, metrics = _reduce_with_stats(
+            tokens, (entropy, correct) if return_stats else None, labels, ignore_index, shift, True, position_ids
+        )
+        half = logps.shape[0] // 2
+        loss = loss_fn._pair_loss(logps[:half], logps[half:], ref_chosen, ref_rejected)
+        metrics_out.update(metrics)
+        ctx.set_materialize_grads(False)
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        ctx.save_for_backward(hidden, weight, bias, labels, position_ids, lse, logps, ref_chosen, ref_rejected)
+        ctx.options, ctx.loss_fn = options, loss_fn
+        return loss, logps
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_logps):
+        hidden, weight, bias, labels, position_ids, lse, logps, ref_chosen, ref_rejected = ctx.saved_tensors
+        grads = [None, None, None]
+        if grad_loss is not None and ctx.grads is not None:
+            # Handed over (not kept) so that autograd can store them as .grad without a copy; scaled in place.
+            grads, ctx.grads = list(ctx.grads), None
+            for g in grads:
+                if g is not None:
+                    g.mul_(grad_loss)
+        elif grad_loss is not None:
+            # A second backward through the same graph (retain_graph=True, gradcheck): the forward's
+            # gradients are spent, so the loss's gradient goes through the recomputing path below.
+            with torch.enable_grad():
+                leaf = logps.detach().requires_grad_()
+                half = leaf.shape[0] // 2
+                loss = ctx.loss_fn._pair_loss(leaf[:half], leaf[half:], ref_chosen, ref_rejected)
+                (from_loss,) = torch.autograd.grad(loss, leaf, grad_loss)
+            grad_logps = from_loss if grad_logps is None else grad_logps + from_loss
+        if grad_logps is not None:
+            ignore_index, shift, chunk_size, _ = ctx.options
+            for name, tensor in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+                if tensor is not None:
+                    _require_storage(name, tensor)
+            # Per-token gradients through the same reduction as the forward, then the op's backward.
+            with torch.enable_grad():
+                tokens = torch.zeros(lse.shape, dtype=lse.dtype, device=lse.device, requires_grad=True)
+                reduced, _ = _reduce_with_stats(tokens, None, labels, ignore_index, shift, True, position_ids)
+                (grad_tokens,) = torch.autograd.grad(reduced, tokens, grad_logps)
+            with torch.autocast(hidden.device.type, enabled=False):
+                extra = _linear_token_logps_backward(grad_tokens, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size)
+            for i, needed in enumerate(ctx.needs_input_grad[:3]):
+                if needed and (i < 2 or bias is not None):
+                    grads[i] = extra[i] if grads[i] is None else grads[i] + extra[i]
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _needs_gradient(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@torch.compiler.disable
+def fused_pair_loss(
+    loss_fn,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    lm_head: Optional[torch.nn.Module] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    ref_chosen: Optional[torch.Tensor] = None,
+    ref_rejected: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+):
+    """``(loss, logps [2P], metrics)`` of ``loss_fn`` (a SimPERLoss or DILLoss) from hidden
+    states, with the gradients computed in the forward; ``None`` when no gradient is needed (the
+    caller then runs the plain fused-linear forward, which is cheaper).
+
+    The output projection is ``weight`` (+ ``bias``), or the ``lm_head`` module, in whose own
+    forward the op then runs (see :mod:`simper_rs.head`).
+    """
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int (positions per chunk) or None, got {chunk_size!r}")
+    if lm_head is not None:
+        owner = head_weight_owner(lm_head)
+        weight, bias = owner.weight, getattr(owner, "bias", None)
+    if not _needs_gradient(hidden, weight, bias):
+        return None
+    options = (loss_fn.ignore_index, loss_fn.shift, chunk_size, loss_fn.return_stats)
+
+    def compute(hidden, weight, bias):
+        metrics: Dict[str, float] = {}
+        loss, logps = _GradientInForward.apply(
+            hidden, weight, bias, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, metrics
+        )
+        return loss, logps, metrics
+
+    if lm_head is not None:
+        return run_as_head_forward(lm_head, hidden, compute)
+    return compute(hidden, weight, bias)

@@ -1,0 +1,292 @@
+//! Fused-linear preference losses with the gradients computed in the forward (SPEC §4).
+//!
+//! The log-prob op of `fused_linear.rs` is loss-agnostic: its backward must recompute every
+//! chunk's logits (h·Wᵀ), four matmuls per chunk in all. Every loss here is a function of each
+//! pair's two average log-probs alone, so a chunk holding whole pairs knows, right after its
+//! softmax, the loss gradient of each of its tokens:
+//!
+//!   ∂L/∂logp(token of sequence s) = ∂L/∂ℓ_s / n_s,   ∂L/∂ℓ from `losses::{simper,dil}_grads`
+//!
+//! and can form its row gradients, grad h and the grad W / grad b contributions at once, while
+//! its logits are still in the buffer: three matmuls per chunk. The caller's autograd function
+//! returns these gradients from its backward, scaled by the incoming gradient of the loss.
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::fused_linear::{accumulate_parameter_grads, check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits};
+use crate::losses::{self, Estimator, Reduction};
+use crate::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
+
+/// The pair loss whose gradient the chunks take, reduced by the mean over pairs.
+#[derive(Clone, Copy)]
+enum PairLoss {
+    Simper,
+    Dil { estimator: Estimator, beta: f64 },
+}
+
+impl PairLoss {
+    fn parse(loss: &str, estimator: &str, beta: f64) -> Result<Self> {
+        match loss {
+            "simper" => Ok(Self::Simper),
+            "dil" => {
+                check_beta(beta)?;
+                Ok(Self::Dil { estimator: Estimator::parse(estimator)?, beta })
+            }
+            other => Err(Error::value(format!("loss must be one of ['simper', 'dil'], got '{other}'"))),
+        }
+    }
+
+    /// (∂L/∂ℓ_w, ∂L/∂ℓ_l) per pair, float64; `refs` are the reference log-probs of the same pairs.
+    fn grads(self, chosen: &Tensor, rejected: &Tensor, refs: Option<(&Tensor, &Tensor)>) -> (Tensor, Tensor) {
+        match self {
+            Self::Simper => losses::simper_grads(chosen, rejected),
+            Self::Dil { estimator, beta } => match refs {
+                Some((rc, rr)) => losses::dil_grads(estimator, beta, &(chosen - rc), &(rejected - rr)),
+                None => losses::dil_grads(estimator, beta, chosen, rejected),
+            },
+        }
+    }
+}
+
+/// The sequence each output position (flattened `[B·T']`) belongs to, and each sequence's
+/// labelled-token count: a batch row per sequence, or the packed sequences of `position_ids`.
+fn sequences(labels: &Tensor, position_ids: Option<&Tensor>, ignore_index: i64, shift: bool) -> Result<(Tensor, Vec<u64>)> {
+    match position_ids {
+        Some(ids) => {
+            let (ids, tokens) = packed_sequences(labels, ids, ignore_index, shift, true)?;
+            Ok((shifted_labels(&ids, shift).reshape([-1]), tokens))
+        }
+        None => {
+            let used = shifted_labels(labels, shift);
+            let (rows, positions) = (used.size()[0], used.size()[1]);
+            let counts = Vec::<i64>::try_from(used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64).to_device(tch::Device::Cpu))
+                .map_err(|e| Error::runtime(e.to_string()))?;
+            let ids = Tensor::arange(rows, (Kind::Int64, labels.device())).unsqueeze(1).expand([rows, positions], false).reshape([-1]);
+            Ok((ids, counts.into_iter().map(|n| n as u64).collect()))
+        }
+    }
+}
+
+/// A `[P]` reference vector as float64, checked against the number of pairs.
+fn reference_vector(name: &str, value: &Tensor, pairs: i64) -> Result<Tensor> {
+    if !is_float(value.kind()) {
+        return Err(Error::type_(format!("{name} must be a floating-point tensor, got {}", dtype_name(value.kind()))));
+    }
+    if value.size() != [pairs] {
+        return Err(Error::value(format!("{name} must be a 1-D tensor [pairs] = [{pairs}], got shape {:?}", value.size())));
+    }
+    Ok(value.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
+}
+
+/// Consecutive runs of whole pairs, `(first pair, pairs, rows)`, each of about `target` rows
+/// (at least one pair, however long).
+fn pair_chunks(pair_rows: &[i64], target: i64) -> Vec<(i64, i64, i64)> {
+    let mut chunks = Vec::new();
+    let (mut first, mut rows) = (0usize, 0i64);
+    for (p, &n) in pair_rows.iter().enumerate() {
+        if p > first && rows + n > target {
+            chunks.push((first as i64, (p - first) as i64, rows));
+            first = p;
+            rows = 0;
+        }
+        rows += n;
+    }
+    if first < pair_rows.len() {
+        chunks.push((first as i64, (pair_rows.len() - first) as i64, rows));
+    }
+    chunks
+}
+
+/// What the forward returns: token log-probs, logsumexp, entropy, correct (`[B, T']`, the
+/// statistics empty unless asked), and the gradients of the mean pair loss with respect to
+/// hidden (`[B, T, H]`), weight and bias (None where not needed).
+type PairLossForward = (Tensor, Tensor, Tensor, Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    labels: &Tensor,
+    position_ids: Option<&Tensor>,
+    loss: PairLoss,
+    refs: Option<(&Tensor, &Tensor)>,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    with_stats: bool,
+    needs: [bool; 3],
+    cuda_stream: Option<u64>,
+) -> Result<PairLossForward> {
+    let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
+    check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, chunk_size, position_ids.is_none())?;
+    let (seq_ids, counts) = sequences(labels, position_ids, ignore_index, shift)?;
+    let sequences = counts.len() as i64;
+    if sequences == 0 || sequences % 2 == 1 {
+        let source = if position_ids.is_some() { "position_ids hold" } else { "the batch holds" };
+        return Err(Error::value(format!(
+            "{source} {sequences} sequences; a [chosen; rejected] batch needs an even, non-zero number: the P chosen sequences, then the P rejected ones"
+        )));
+    }
+    let pairs = sequences / 2;
+    let refs = match refs {
+        Some((c, r)) => Some((reference_vector("ref_chosen_logps", c, pairs)?, reference_vector("ref_rejected_logps", r, pairs)?)),
+        None => None,
+    };
+    let _guard = tch::no_grad_guard();
+    let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+    let used = t - shift as i64;
+    let device = hidden.device();
+    let acc = accumulation_kind(hidden.kind());
+    let options = (acc, device);
+    let mut logps = Tensor::zeros([b * used], options);
+    let mut lse = Tensor::zeros([b * used], options);
+    let stats_len = if with_stats { b * used } else { 0 };
+    let mut entropy = Tensor::zeros([stats_len], options);
+    let mut correct = Tensor::zeros([stats_len], options);
+    let [needs_hidden, needs_weight, needs_bias] = needs;
+    let mut grad_hidden = needs_hidden.then(|| Tensor::zeros([b * t, h], (hidden.kind(), device)));
+    let mut grad_weight = needs_weight.then(|| Tensor::zeros(weight.size(), (acc, device)));
+    let mut grad_bias = bias.filter(|_| needs_bias).map(|bb| Tensor::zeros(bb.size(), (acc, device)));
+
+    // The labelled rows grouped by pair (chosen sequence p, rejected sequence P + p), keeping
+    // their order within a pair: a stable sort on the pair index.
+    let rows = labelled_rows(labels, ignore_index, shift);
+    let row_sequence = seq_ids.index_select(0, &rows.output_rows);
+    let (_, order) = row_sequence.remainder(pairs).sort_stable(true, 0, false);
+    let (hidden_rows, output_rows, targets) = (rows.hidden_rows.index_select(0, &order), rows.output_rows.index_select(0, &order), rows.targets.index_select(0, &order));
+    let row_sequence = row_sequence.index_select(0, &order);
+    let pair_rows: Vec<i64> = (0..pairs as usize).map(|p| (counts[p] + counts[p + pairs as usize]) as i64).collect();
+    let total = output_rows.size()[0];
+    let target = chunk_rows(total, h, weight.size()[0], hidden.kind(), chunk_size);
+    let chunks = pair_chunks(&pair_rows, target);
+    let widest = chunks.iter().map(|&(_, _, n)| n).max().unwrap_or(1).max(1);
+    let chunked = ChunkedLogits::with_rows(hidden, weight, bias, widest, total);
+
+    // ∂(mean over pairs)/∂ℓ_s, then per token of s divided by n_s, as autograd would through
+    // the average and the mean: in the log-probs' dtype after the float64 loss formulas.
+    let count_values: Vec<f64> = counts.iter().map(|&n| n as f64).collect();
+    let counts_acc = Tensor::from_slice(&count_values).to_kind(acc);
+    let mean_scale = Reduction::Mean.grad_scale(pairs as usize);
+    let hidden_flat = hidden.reshape([b * t, h]);
+    let mut start = 0;
+    for (first, n_pairs, n) in chunks {
+        let (h_rows, out_rows, seq) = (hidden_rows.narrow(0, start, n), output_rows.narrow(0, start, n), row_sequence.narrow(0, start, n));
+        let chunk_targets = targets.narrow(0, start, n);
+        start += n;
+        let h_c = hidden_flat.index_select(0, &h_rows);
+        let logits = chunked.logits(&h_c);
+        let (lp, ls, ent, cor) = chunk_softmax(&logits, &chunk_targets, ignore_index, with_stats, cuda_stream)?;
+        let (lp, ls) = (lp.reshape([-1]), ls.reshape([-1]));
+
+        // The average log-prob of each sequence of the chunk's pairs, on the host (2·pairs values).
+        let sums = Tensor::zeros([sequences], options).index_add(0, &seq, &lp).to_device(tch::Device::Cpu);
+        let averages = |offset: i64| (sums.narrow(0, offset + first, n_pairs) / counts_acc.narrow(0, offset + first, n_pairs)).to_kind(Kind::Double);
+        let chunk_refs = refs.as_ref().map(|(c, r)| (c.narrow(0, first, n_pairs), r.narrow(0, first, n_pairs)));
+        let (g_w, g_l) = loss.grads(&averages(0), &averages(pairs), chunk_refs.as_ref().map(|(c, r)| (c, r)));
+        let per_token = |g: Tensor, offset: i64| (g * mean_scale).to_kind(acc) / counts_acc.narrow(0, offset + first, n_pairs);
+        let seq_grads = Tensor::zeros([sequences], (acc, tch::Device::Cpu));
+        let _ = seq_grads.narrow(0, first, n_pairs).copy_(&per_token(g_w, 0));
+        let _ = seq_grads.narrow(0, pairs + first, n_pairs).copy_(&per_token(g_l, pairs));
+        let g = seq_grads.to_device(device).index_select(0, &seq);
+
+        let row_grads = chunk_row_grads(logits, &chunk_targets, ignore_index, &g, &ls, cuda_stream)?;
+        if let Some(gh) = &mut grad_hidden {
+            let _ = gh.index_copy_(0, &h_rows, &row_grads.matmul(weight));
+        }
+        accumulate_parameter_grads(&row_grads, &h_c, grad_weight.as_mut(), grad_bias.as_mut());
+        let _ = logps.index_copy_(0, &out_rows, &lp);
+        let _ = lse.index_copy_(0, &out_rows, &ls);
+        if with_stats {
+            let _ = entropy.index_copy_(0, &out_rows, &ent.reshape([-1]));
+            let _ = correct.index_copy_(0, &out_rows, &cor.reshape([-1]));
+        }
+    }
+    let shape = [b, used];
+    let stats_shape: &[i64] = if with_stats { &shape } else { &[0] };
+    Ok((
+        logps.reshape(shape),
+        lse.reshape(shape),
+        entropy.reshape(stats_shape),
+        correct.reshape(stats_shape),
+        grad_hidden.map(|gh| gh.reshape([b, t, h])),
+        grad_weight.map(|gw| gw.to_kind(weight.kind())),
+        grad_bias.map(|gb| gb.to_kind(weight.kind())),
+    ))
+}
+
+/// Fused-linear pair loss forward with its gradients: (token log-probs, logsumexp, entropy,
+/// correct, grad hidden, grad weight, grad bias) for the mean over pairs of `loss` ("simper" or
+/// "dil" with `estimator` and `beta`) on a [chosen; rejected] batch (or packed sequences with
+/// `position_ids`, chosen ones first). `needs` = which of (hidden, weight, bias) get a gradient
+/// (None for the others). No autograd: see `simper_rs.fused_loss`.
+#[pyfunction]
+#[pyo3(
+    signature = (hidden, weight, bias, labels, position_ids, loss, estimator = "lsif", beta = 1.0, ref_chosen_logps = None, ref_rejected_logps = None, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, needs = (true, true, true), cuda_stream = None),
+    text_signature = "(hidden, weight, bias, labels, position_ids, loss, estimator='lsif', beta=1.0, ref_chosen_logps=None, ref_rejected_logps=None, ignore_index=-100, shift=True, chunk_size=None, with_stats=False, needs=(True, True, True), cuda_stream=None)"
+)]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_pair_loss_forward(
+    py: Python<'_>,
+    hidden: PyTensor,
+    weight: PyTensor,
+    bias: Option<PyTensor>,
+    labels: PyTensor,
+    position_ids: Option<PyTensor>,
+    loss: &str,
+    estimator: &str,
+    beta: f64,
+    ref_chosen_logps: Option<PyTensor>,
+    ref_rejected_logps: Option<PyTensor>,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    with_stats: bool,
+    needs: (bool, bool, bool),
+    cuda_stream: Option<u64>,
+) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>)> {
+    let loss = PairLoss::parse(loss, estimator, beta)?;
+    if ref_chosen_logps.is_some() != ref_rejected_logps.is_some() {
+        return Err(Error::value("ref_chosen_logps and ref_rejected_logps must be given together (both or neither)").into());
+    }
+    if ref_chosen_logps.is_some() && matches!(loss, PairLoss::Simper) {
+        return Err(Error::value("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps").into());
+    }
+    let needs = [needs.0, needs.1, needs.2];
+    let (lp, ls, ent, cor, gh, gw, gb) = py.allow_threads(move || {
+        let refs = ref_chosen_logps.as_deref().zip(ref_rejected_logps.as_deref());
+        forward(&hidden, &weight, bias.as_deref(), &labels, position_ids.as_deref(), loss, refs, ignore_index, shift, chunk_size, with_stats, needs, cuda_stream)
+    })?;
+    Ok((PyTensor(lp), PyTensor(ls), PyTensor(ent), PyTensor(cor), gh.map(PyTensor), gw.map(PyTensor), gb.map(PyTensor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_hold_whole_pairs_of_about_the_target_rows() {
+        assert_eq!(pair_chunks(&[3, 3, 3, 3], 6), vec![(0, 2, 6), (2, 2, 6)]);
+        assert_eq!(pair_chunks(&[3, 3, 3, 3], 7), vec![(0, 2, 6), (2, 2, 6)]);
+        // a pair longer than the target gets a chunk of its own
+        assert_eq!(pair_chunks(&[2, 10, 2], 4), vec![(0, 1, 2), (1, 1, 10), (2, 1, 2)]);
+        assert_eq!(pair_chunks(&[5], 1), vec![(0, 1, 5)]);
+        assert!(pair_chunks(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn pair_loss_grads_follow_the_loss_formulas() {
+        let (w, l) = (Tensor::from_slice(&[-0.5f64]), Tensor::from_slice(&[-1.5f64]));
+        let (gw, gl) = PairLoss::Simper.grads(&w, &l, None);
+        assert!((gw.double_value(&[0]) + (-0.5f64).exp()).abs() < 1e-12);
+        assert!((gl.double_value(&[0]) - (-1.5f64).exp()).abs() < 1e-12);
+        // with references, DIL's gradient is taken at the log-ratios u = ℓ − ℓ_ref
+        let (rc, rr) = (Tensor::from_slice(&[-0.25f64]), Tensor::from_slice(&[-1.0f64]));
+        let lsif = PairLoss::Dil { estimator: Estimator::Lsif, beta: 1.0 };
+        let (gw, gl) = lsif.grads(&w, &l, Some((&rc, &rr)));
+        assert!((gw.double_value(&[0]) + (-0.25f64).exp()).abs() < 1e-12);
+        assert!((gl.double_value(&[0]) - (2.0 * -0.5f64).exp()).abs() < 1e-12);
+    }
+}
