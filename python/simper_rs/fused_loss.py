@@ -14,12 +14,13 @@ Used by :class:`~simper_rs.SimPERLoss` and :class:`~simper_rs.DILLoss` when they
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 
 from . import _core
-from .head import head_weight_owner, run_as_head_forward
+from .head import head_weight_owner, run_as_head_forward, vocabulary_mean_logits
 from .ops import _linear_cuda_stream, _linear_token_logps_backward, _reduce_with_stats, _require_storage
 
 
@@ -47,7 +48,7 @@ class _GradientInForward(torch.autograd.Function):
         )
         half = logps.shape[0] // 2
         loss = loss_fn._pair_loss(logps[:half], logps[half:], ref_chosen, ref_rejected)
-        metrics_out.update(metrics)
+        metrics_out.update(metrics=metrics, token_logps=tokens, entropy=entropy, correct=correct)
         ctx.set_materialize_grads(False)
         ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.save_for_backward(hidden, weight, bias, labels, position_ids, lse, logps, ref_chosen, ref_rejected)
@@ -96,6 +97,22 @@ def _needs_gradient(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+@dataclass
+class FusedPairLoss:
+    """What :func:`fused_pair_loss` returns: the loss, the per-sequence average log-probs ``[2P]``
+    (chosen ones first; both with gradient), the token metrics, and per-token values ``[B, T']``
+    without gradient: log-probs, entropy and argmax == label (empty without the loss's
+    ``return_stats``), and the mean logit over the vocabulary when asked."""
+
+    loss: torch.Tensor
+    logps: torch.Tensor
+    metrics: Dict[str, float]
+    token_logps: torch.Tensor
+    entropy: torch.Tensor
+    correct: torch.Tensor
+    mean_logits: Optional[torch.Tensor] = None
+
+
 @torch.compiler.disable
 def fused_pair_loss(
     loss_fn,
@@ -109,10 +126,11 @@ def fused_pair_loss(
     ref_chosen: Optional[torch.Tensor] = None,
     ref_rejected: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
-):
-    """``(loss, logps [2P], metrics)`` of ``loss_fn`` (a SimPERLoss or DILLoss) from hidden
-    states, with the gradients computed in the forward; ``None`` when no gradient is needed (the
-    caller then runs the plain fused-linear forward, which is cheaper).
+    mean_logits: bool = False,
+) -> Optional[FusedPairLoss]:
+    """``loss_fn`` (a SimPERLoss or DILLoss) from hidden states, with the gradients computed in
+    the forward; ``None`` when no gradient is needed (the caller then runs the plain fused-linear
+    forward, which is cheaper).
 
     The output projection is ``weight`` (+ ``bias``), or the ``lm_head`` module, in whose own
     forward the op then runs (see :mod:`simper_rs.head`).
@@ -127,11 +145,12 @@ def fused_pair_loss(
     options = (loss_fn.ignore_index, loss_fn.shift, chunk_size, loss_fn.return_stats)
 
     def compute(hidden, weight, bias):
-        metrics: Dict[str, float] = {}
+        side: Dict[str, object] = {}
         loss, logps = _GradientInForward.apply(
-            hidden, weight, bias, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, metrics
+            hidden, weight, bias, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, side
         )
-        return loss, logps, metrics
+        means = vocabulary_mean_logits(hidden, weight, bias, loss_fn.shift) if mean_logits else None
+        return FusedPairLoss(loss=loss, logps=logps, mean_logits=means, **side)
 
     if lm_head is not None:
         return run_as_head_forward(lm_head, hidden, compute)

@@ -86,17 +86,21 @@ def head_token_logps(
     def compute(hidden, weight, bias):
         _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=require_tokens)
         logps, (entropy, correct) = _linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, with_stats)
-        means = None
-        if mean_logits:
-            with torch.no_grad():  # mean over the vocabulary of h·Wᵀ + b is h·mean(W) + mean(b)
-                positions = hidden[:, :-1] if shift else hidden
-                means = (positions @ weight.mean(0, dtype=torch.float32).to(hidden.dtype)).float()
-                if bias is not None:
-                    means += bias.mean(dtype=torch.float32)
-        return logps, entropy, correct, means
+        return logps, entropy, correct, vocabulary_mean_logits(hidden, weight, bias, shift) if mean_logits else None
 
     logps, entropy, correct, means = run_as_head_forward(head, hidden, compute)
     return logps, (entropy, correct), means
+
+
+@torch.no_grad()
+def vocabulary_mean_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], shift: bool = True) -> torch.Tensor:
+    """The mean over the vocabulary of each position's logits h·Wᵀ + b, as h·mean(W) + mean(b),
+    float32 ``[B, T']``: TRL's ``logits/*`` metrics without the logits."""
+    positions = hidden[:, :-1] if shift else hidden
+    means = (positions @ weight.mean(0, dtype=torch.float32).to(hidden.dtype)).float()
+    if bias is not None:
+        means += bias.mean(dtype=torch.float32)
+    return means
 
 
 def head_weight_owner(head: torch.nn.Module) -> torch.nn.Module:
@@ -163,12 +167,16 @@ def _model_output_base():
 class TokenLogpsOutput(_model_output_base()):
     """What ``model(..., simper_rs_labels=labels)`` returns (see :func:`add_logps_forward`):
     per-token values ``[B, T-1]``, 0 where the label is ignored. ``correct`` is argmax == label as
-    0/1; ``mean_logits`` the mean of the logits over the vocabulary (no gradient)."""
+    0/1; ``mean_logits`` the mean of the logits over the vocabulary (no gradient). With
+    ``simper_rs_loss``, when a gradient is taken: ``loss`` and the per-sequence average log-probs
+    ``sequence_logps`` ``[2P]`` (both with gradient; the per-token values then have none)."""
 
     token_logps: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
     correct: Optional[torch.Tensor] = None
     mean_logits: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None
+    sequence_logps: Optional[torch.Tensor] = None
 
 
 def _check_plain_lm_head(model) -> None:
@@ -191,9 +199,9 @@ def add_logps_forward(model: torch.nn.Module) -> None:
     Accelerate), everything happens inside the wrapped forward, as the engines expect; with
     ``simper_rs_fused_linear=True`` (default) the log-probs come from the fused-linear op run as
     the lm_head's forward (:func:`head_token_logps`), else from the lm_head's logits and the fused
-    kernel. With ``simper_rs_loss=loss_fn`` (a SimPERLoss or DILLoss, and ``simper_rs_refs`` =
-    (ref_chosen, ref_rejected) for DIL against a reference) it returns ``loss_fn``'s
-    :class:`~simper_rs.PreferenceLossOutput` instead, the gradients computed in the forward.
+    kernel. With ``simper_rs_loss=loss_fn`` (a SimPERLoss or DILLoss; ``simper_rs_refs`` =
+    (ref_chosen, ref_rejected) for DIL against a reference), fused linear and a gradient to take,
+    the output also holds the loss, its gradients computed in the forward (simper_rs.fused_loss).
     Calls without ``simper_rs_labels`` go to the previous forward unchanged (generation).
     """
     if getattr(model, "_simper_rs_logps_forward", False):
@@ -217,15 +225,22 @@ def add_logps_forward(model: torch.nn.Module) -> None:
         head = model.get_output_embeddings()
         labels = labels.to(hidden.device)
         position_ids = kwargs.get("position_ids")
-        if simper_rs_loss is not None:
-            # The whole loss here, in the lm_head's forward: with a gradient to take, its gradients
-            # are computed in the forward (simper_rs.fused_loss).
-            if position_ids is not None:
-                position_ids = position_ids.to(labels.device)
-            refs = dict(zip(("ref_chosen_logps", "ref_rejected_logps"), simper_rs_refs)) if simper_rs_refs else {}
-            if simper_rs_fused_linear:
-                return simper_rs_loss(hidden=hidden, lm_head=head, labels=labels, position_ids=position_ids, **refs)
-            return simper_rs_loss(head(hidden), labels, position_ids=position_ids, **refs)
+        if simper_rs_loss is not None and simper_rs_fused_linear:
+            # The loss itself, run in the lm_head's forward with its gradients computed there.
+            from .fused_loss import fused_pair_loss
+
+            packed = position_ids.to(labels.device) if position_ids is not None else None
+            simper_rs_loss._check_pair_batch(hidden, "hidden", labels, packed)
+            ref_chosen, ref_rejected = simper_rs_refs if simper_rs_refs is not None else (None, None)
+            fused = fused_pair_loss(
+                simper_rs_loss, hidden, labels, lm_head=head, position_ids=packed, ref_chosen=ref_chosen,
+                ref_rejected=ref_rejected, mean_logits=True,
+            )
+            if fused is not None:
+                return TokenLogpsOutput(
+                    token_logps=fused.token_logps, entropy=fused.entropy, correct=fused.correct, mean_logits=fused.mean_logits,
+                    loss=fused.loss, sequence_logps=fused.logps,
+                )
         # Packed rows (position_ids restarting at 0): every packed sequence needs a response token.
         if position_ids is not None:
             _check_packed_inputs(labels, position_ids.to(labels.device), ignore_index=-100, shift=True, require_tokens=True)

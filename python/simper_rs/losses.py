@@ -148,9 +148,8 @@ class _PreferenceLoss(torch.nn.Module):
                 ref_chosen=ref_chosen, ref_rejected=ref_rejected, chunk_size=chunk_size,
             )
             if fused is not None:
-                loss, logps, stats = fused
-                half = logps.shape[0] // 2
-                return self._output(loss, logps[:half], logps[half:], stats, ref_chosen, ref_rejected)
+                half = fused.logps.shape[0] // 2
+                return self._output(fused.loss, fused.logps[:half], fused.logps[half:], fused.metrics, ref_chosen, ref_rejected)
         chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
         return self.from_sequence_logps(chosen, rejected, ref_chosen, ref_rejected, metrics=stats)
 

@@ -14,7 +14,7 @@ import torch
 
 from .head import add_logps_forward
 from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
-from .ops import sequence_logps
+from .ops import _reduce_with_stats, sequence_logps
 
 __all__ = ["PreferenceTrainer", "preference_loss", "make_loss"]
 
@@ -69,10 +69,23 @@ def preference_loss(
     if fused_linear:
         # Inside the (wrapped) model's forward, with the op run as the lm_head's own forward, so
         # that DDP, FSDP and ZeRO-3 gather the weight and reduce its gradient (simper_rs.head).
-        # The loss's gradients are computed there too, in the forward (simper_rs.fused_loss).
+        # With a gradient to take, the loss is computed there too, its gradients in the forward
+        # (simper_rs.fused_loss); else (evaluation) from the token log-probs.
         add_logps_forward(_unwrap(model))
         ref_pair = (refs["ref_chosen_logps"], refs["ref_rejected_logps"]) if refs.get("ref_chosen_logps") is not None else None
-        return model(**model_inputs, simper_rs_labels=labels, simper_rs_loss=loss_fn, simper_rs_refs=ref_pair)
+        out = model(**model_inputs, simper_rs_labels=labels, simper_rs_loss=loss_fn, simper_rs_refs=ref_pair)
+        device = out.token_logps.device
+        logps, metrics = _reduce_with_stats(
+            out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(device),
+            -100, True, True,  # the labels convention of add_logps_forward (HF: -100, shifted)
+            position_ids.to(device) if position_ids is not None else None,
+        )
+        if out.loss is not None:
+            half = out.sequence_logps.shape[0] // 2
+            chosen, rejected = out.sequence_logps[:half], out.sequence_logps[half:]
+            return loss_fn._output(out.loss, chosen, rejected, metrics, *ref_pair if ref_pair else (None, None))
+        half = logps.shape[0] // 2
+        return loss_fn.from_sequence_logps(logps[:half], logps[half:], **refs, metrics=metrics)
     logits = model(**model_inputs, use_cache=False).logits
     return loss_fn(logits, labels, position_ids=position_ids, **refs)
 

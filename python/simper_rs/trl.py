@@ -37,7 +37,7 @@ import torch
 
 from . import _core
 from .head import add_logps_forward
-from .losses import ESTIMATORS, dil_loss, simper_loss
+from .losses import ESTIMATORS, DILLoss, SimPERLoss
 from .data import pack_rows
 from .ops import _reduce_with_stats
 
@@ -319,7 +319,8 @@ class _PreferenceLossTrainer(DPOTrainer):
     def _is_reference_free(self, args) -> bool:
         return True
 
-    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    def _loss_module(self) -> torch.nn.Module:
+        """The loss (a SimPERLoss or DILLoss) with this trainer's settings."""
         raise NotImplementedError
 
     # -- log-probs
@@ -328,12 +329,21 @@ class _PreferenceLossTrainer(DPOTrainer):
         model = self.accelerator.unwrap_model(model)
         return model.get_base_model() if is_peft_model(model) else model
 
-    def _sequence_logps(self, model, inputs):
-        """Average log-probs ``[2P]`` of a collated batch and the per-token output they come from."""
+    def _sequence_logps(self, model, inputs, with_loss=False, refs=None):
+        """Average log-probs ``[2P]`` of a collated batch and the per-token output they come from.
+
+        ``with_loss`` (and ``refs``, the reference log-probs, when not reference-free): the loss
+        is computed in the model's forward when fused linear takes a gradient (``out.loss``, its
+        gradients computed in the forward; simper_rs.fused_loss).
+        """
         add_logps_forward(self._backbone(model))  # also the reference model and TRL's precompute engine
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        if with_loss:
+            model_kwargs.update(simper_rs_loss=self._loss_module(), simper_rs_refs=refs)
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
+        if out.sequence_logps is not None:
+            return out.sequence_logps, out
         device = out.token_logps.device
         # Packed batches: one average per packed sequence, chosen ones first.
         position_ids = inputs["position_ids"].to(device) if self._padding_free else None
@@ -370,8 +380,6 @@ class _PreferenceLossTrainer(DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        logps, out = self._sequence_logps(model, inputs)
-        chosen, rejected = logps.chunk(2, dim=0)
         ref_chosen = ref_rejected = None
         if not self._reference_free:
             if self.precompute_ref_logps:
@@ -379,7 +387,10 @@ class _PreferenceLossTrainer(DPOTrainer):
             else:
                 reference = self.ref_model if self.ref_model is not None else model  # PEFT: adapter disabled
                 ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
-        loss = self._preference_loss(chosen, rejected, ref_chosen, ref_rejected)
+        refs = None if self._reference_free else (ref_chosen, ref_rejected)
+        logps, out = self._sequence_logps(model, inputs, with_loss=True, refs=refs)
+        chosen, rejected = logps.chunk(2, dim=0)
+        loss = out.loss if out.loss is not None else self._loss_module()._pair_loss(chosen, rejected, ref_chosen, ref_rejected)
         self._record_metrics(mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected)
         if return_outputs:  # TRL's deprecated compute_metrics path: it wants logits, which are not built here
             with torch.no_grad():
@@ -450,8 +461,8 @@ class SimPERTrainer(_PreferenceLossTrainer):
     _config_class = SimPERConfig
     _reference_free_reason = "uses no reference model"
 
-    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected):
-        return simper_loss(chosen, rejected)
+    def _loss_module(self):
+        return SimPERLoss()
 
 
 class DILTrainer(_PreferenceLossTrainer):
@@ -473,5 +484,5 @@ class DILTrainer(_PreferenceLossTrainer):
     def _is_reference_free(self, args) -> bool:
         return bool(args.reference_free)
 
-    def _preference_loss(self, chosen, rejected, ref_chosen, ref_rejected):
-        return dil_loss(chosen, rejected, ref_chosen, ref_rejected, estimator=self.args.estimator, beta=self.args.beta)
+    def _loss_module(self):
+        return DILLoss(estimator=self.args.estimator, beta=self.args.beta)
