@@ -10,6 +10,10 @@
 //! and can form its row gradients, grad h and the grad W / grad b contributions at once, while
 //! its logits are still in the buffer: three matmuls per chunk. The caller's autograd function
 //! returns these gradients from its backward, scaled by the incoming gradient of the loss.
+//!
+//! Most of the losses are separable (∂L/∂ℓ_w depends on ℓ_w alone, ∂L/∂ℓ_l on ℓ_l alone:
+//! SimPER, LSIF, BCE, UKL), so their chunks need only hold whole sequences, half a pair's
+//! logits; CPC (through ℓ_w − ℓ_l) needs whole pairs.
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
@@ -36,6 +40,11 @@ impl PairLoss {
             }
             other => Err(Error::value(format!("loss must be one of ['simper', 'dil'], got '{other}'"))),
         }
+    }
+
+    /// Whether ∂L/∂ℓ of a sequence depends on that sequence's ℓ alone (not on its pair's other).
+    fn separable(self) -> bool {
+        !matches!(self, Self::Dil { estimator: Estimator::Cpc, .. })
     }
 
     /// (∂L/∂ℓ_w, ∂L/∂ℓ_l) per pair, float64; `refs` are the reference log-probs of the same pairs.
@@ -80,21 +89,21 @@ fn reference_vector(name: &str, value: &Tensor, pairs: i64) -> Result<Tensor> {
     Ok(value.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
 }
 
-/// Consecutive runs of whole pairs, `(first pair, pairs, rows)`, each of about `target` rows
-/// (at least one pair, however long).
-fn pair_chunks(pair_rows: &[i64], target: i64) -> Vec<(i64, i64, i64)> {
+/// Rows per chunk for consecutive runs of whole units (sequences or pairs) of `unit_rows` rows
+/// each: about `target` rows per chunk, at least one unit however long.
+fn unit_chunks(unit_rows: &[i64], target: i64) -> Vec<i64> {
     let mut chunks = Vec::new();
-    let (mut first, mut rows) = (0usize, 0i64);
-    for (p, &n) in pair_rows.iter().enumerate() {
-        if p > first && rows + n > target {
-            chunks.push((first as i64, (p - first) as i64, rows));
-            first = p;
-            rows = 0;
+    let (mut units, mut rows) = (0usize, 0i64);
+    for &n in unit_rows {
+        if units > 0 && rows + n > target {
+            chunks.push(rows);
+            (units, rows) = (0, 0);
         }
+        units += 1;
         rows += n;
     }
-    if first < pair_rows.len() {
-        chunks.push((first as i64, (pair_rows.len() - first) as i64, rows));
+    if units > 0 {
+        chunks.push(rows);
     }
     chunks
 }
@@ -151,18 +160,21 @@ fn forward(
     let mut grad_weight = needs_weight.then(|| Tensor::zeros(weight.size(), (acc, device)));
     let mut grad_bias = bias.filter(|_| needs_bias).map(|bb| Tensor::zeros(bb.size(), (acc, device)));
 
-    // The labelled rows grouped by pair (chosen sequence p, rejected sequence P + p), keeping
-    // their order within a pair: a stable sort on the pair index.
+    // The labelled rows grouped by unit: a sequence, or a pair (chosen sequence p, rejected
+    // sequence P + p) for a loss that is not separable; a stable sort keeps each unit's order.
     let rows = labelled_rows(labels, ignore_index, shift);
     let row_sequence = seq_ids.index_select(0, &rows.output_rows);
-    let (_, order) = row_sequence.remainder(pairs).sort_stable(true, 0, false);
+    let (units, unit_rows): (Tensor, Vec<i64>) = if loss.separable() {
+        (row_sequence.shallow_clone(), counts.iter().map(|&n| n as i64).collect())
+    } else {
+        (row_sequence.remainder(pairs), (0..pairs as usize).map(|p| (counts[p] + counts[p + pairs as usize]) as i64).collect())
+    };
+    let (_, order) = units.sort_stable(true, 0, false);
     let (hidden_rows, output_rows, targets) = (rows.hidden_rows.index_select(0, &order), rows.output_rows.index_select(0, &order), rows.targets.index_select(0, &order));
     let row_sequence = row_sequence.index_select(0, &order);
-    let pair_rows: Vec<i64> = (0..pairs as usize).map(|p| (counts[p] + counts[p + pairs as usize]) as i64).collect();
     let total = output_rows.size()[0];
-    let target = chunk_rows(total, h, weight.size()[0], hidden.kind(), chunk_size);
-    let chunks = pair_chunks(&pair_rows, target);
-    let widest = chunks.iter().map(|&(_, _, n)| n).max().unwrap_or(1).max(1);
+    let chunks = unit_chunks(&unit_rows, chunk_rows(total, h, weight.size()[0], hidden.kind(), chunk_size));
+    let widest = chunks.iter().copied().max().unwrap_or(1).max(1);
     let chunked = ChunkedLogits::with_rows(hidden, weight, bias, widest, total);
 
     // ∂(mean over pairs)/∂ℓ_s, then per token of s divided by n_s, as autograd would through
@@ -172,7 +184,7 @@ fn forward(
     let mean_scale = Reduction::Mean.grad_scale(pairs as usize);
     let hidden_flat = hidden.reshape([b * t, h]);
     let mut start = 0;
-    for (first, n_pairs, n) in chunks {
+    for n in chunks {
         let (h_rows, out_rows, seq) = (hidden_rows.narrow(0, start, n), output_rows.narrow(0, start, n), row_sequence.narrow(0, start, n));
         let chunk_targets = targets.narrow(0, start, n);
         start += n;
@@ -181,15 +193,12 @@ fn forward(
         let (lp, ls, ent, cor) = chunk_softmax(&logits, &chunk_targets, ignore_index, with_stats, cuda_stream)?;
         let (lp, ls) = (lp.reshape([-1]), ls.reshape([-1]));
 
-        // The average log-prob of each sequence of the chunk's pairs, on the host (2·pairs values).
+        // Every sequence's average from this chunk's tokens, on the host: complete for the chunk's
+        // own sequences (the only ones whose gradients are read below), partial or 0 elsewhere.
         let sums = Tensor::zeros([sequences], options).index_add(0, &seq, &lp).to_device(tch::Device::Cpu);
-        let averages = |offset: i64| (sums.narrow(0, offset + first, n_pairs) / counts_acc.narrow(0, offset + first, n_pairs)).to_kind(Kind::Double);
-        let chunk_refs = refs.as_ref().map(|(c, r)| (c.narrow(0, first, n_pairs), r.narrow(0, first, n_pairs)));
-        let (g_w, g_l) = loss.grads(&averages(0), &averages(pairs), chunk_refs.as_ref().map(|(c, r)| (c, r)));
-        let per_token = |g: Tensor, offset: i64| (g * mean_scale).to_kind(acc) / counts_acc.narrow(0, offset + first, n_pairs);
-        let seq_grads = Tensor::zeros([sequences], (acc, tch::Device::Cpu));
-        let _ = seq_grads.narrow(0, first, n_pairs).copy_(&per_token(g_w, 0));
-        let _ = seq_grads.narrow(0, pairs + first, n_pairs).copy_(&per_token(g_l, pairs));
+        let averages = (sums / &counts_acc).to_kind(Kind::Double);
+        let (g_w, g_l) = loss.grads(&averages.narrow(0, 0, pairs), &averages.narrow(0, pairs, pairs), refs.as_ref().map(|(c, r)| (c, r)));
+        let seq_grads = (Tensor::cat(&[g_w, g_l], 0) * mean_scale).to_kind(acc) / &counts_acc;
         let g = seq_grads.to_device(device).index_select(0, &seq);
 
         let row_grads = chunk_row_grads(logits, &chunk_targets, ignore_index, &g, &ls, cuda_stream)?;
@@ -267,13 +276,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_hold_whole_pairs_of_about_the_target_rows() {
-        assert_eq!(pair_chunks(&[3, 3, 3, 3], 6), vec![(0, 2, 6), (2, 2, 6)]);
-        assert_eq!(pair_chunks(&[3, 3, 3, 3], 7), vec![(0, 2, 6), (2, 2, 6)]);
-        // a pair longer than the target gets a chunk of its own
-        assert_eq!(pair_chunks(&[2, 10, 2], 4), vec![(0, 1, 2), (1, 1, 10), (2, 1, 2)]);
-        assert_eq!(pair_chunks(&[5], 1), vec![(0, 1, 5)]);
-        assert!(pair_chunks(&[], 4).is_empty());
+    fn chunks_hold_whole_units_of_about_the_target_rows() {
+        assert_eq!(unit_chunks(&[3, 3, 3, 3], 6), vec![6, 6]);
+        assert_eq!(unit_chunks(&[3, 3, 3, 3], 7), vec![6, 6]);
+        // a unit longer than the target gets a chunk of its own
+        assert_eq!(unit_chunks(&[2, 10, 2], 4), vec![2, 10, 2]);
+        assert_eq!(unit_chunks(&[5], 1), vec![5]);
+        assert!(unit_chunks(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn only_cpc_couples_the_two_sequences_of_a_pair() {
+        assert!(PairLoss::Simper.separable());
+        for estimator in [Estimator::Lsif, Estimator::Bce, Estimator::Ukl] {
+            assert!(PairLoss::Dil { estimator, beta: 1.0 }.separable());
+        }
+        assert!(!PairLoss::Dil { estimator: Estimator::Cpc, beta: 1.0 }.separable());
+        // separable: the chosen gradient does not move when the rejected average does
+        let lsif = PairLoss::Dil { estimator: Estimator::Lsif, beta: 1.0 };
+        let w = Tensor::from_slice(&[-0.7f64]);
+        let (a, _) = lsif.grads(&w, &Tensor::from_slice(&[-1.0f64]), None);
+        let (b, _) = lsif.grads(&w, &Tensor::from_slice(&[-3.0f64]), None);
+        assert_eq!(a.double_value(&[0]), b.double_value(&[0]));
     }
 
     #[test]
