@@ -232,6 +232,29 @@ def test_fused_linear_on_cuda(device, dtype):
     assert simper_rs.ops._linear_cuda_stream(hidden) is not None  # the kernel took the chunks
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("estimator", [None, "cpc"])
+def test_fused_linear_loss_gradients_in_forward_on_cuda(device, dtype, estimator):
+    """SimPERLoss / DILLoss from hidden states (gradients taken in the forward, chunks of whole
+    sequences, or pairs for cpc) against the float32 materialised reference."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    hidden = torch.randn(4, 33, 64, generator=g).to(device, dtype).requires_grad_(True)
+    weight = (torch.randn(5003, 64, generator=g) * 0.2).to(device, dtype).requires_grad_(True)
+    labels = torch.randint(0, 5003, (4, 33), generator=g).to(device)
+    labels[:, :5] = -100
+    loss_fn = simper_rs.SimPERLoss() if estimator is None else simper_rs.DILLoss(estimator)
+    out = loss_fn(hidden=hidden, lm_head_weight=weight, labels=labels, chunk_size=16)
+    gh, gw = torch.autograd.grad(out.loss, (hidden, weight))
+    h32, w32 = hidden.detach().float().requires_grad_(True), weight.detach().float().requires_grad_(True)
+    logps = ref.sequence_logps(h32 @ w32.T, labels)
+    want = ref.simper(logps[:2], logps[2:]) if estimator is None else ref.dil(logps[:2], logps[2:], estimator=estimator)
+    wh, ww = torch.autograd.grad(want, (h32, w32))
+    loose = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.loss, want, **loose)
+    torch.testing.assert_close(gh.float(), wh, **loose)
+    torch.testing.assert_close(gw.float(), ww, **loose)
+
+
 def test_fallback_warns_once_and_matches(device, monkeypatch):
     logits, labels = make(2, 9, 300, torch.float32, device)
     saved = dict(_cuda._status)
