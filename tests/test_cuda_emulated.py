@@ -63,7 +63,7 @@ def rows_of(logits, labels, shift):
 
 
 def forward(lib, logits, labels, shift=True, with_stats=True, ignore_index=-100):
-    """What src/fused_cuda.rs sets up for the forward kernel, on CPU tensors."""
+    """What src/bindings/fused_cuda.rs sets up for the forward kernel, on CPU tensors."""
     assert logits.stride(2) == 1
     labels = labels.contiguous()
     b, t, _ = logits.shape

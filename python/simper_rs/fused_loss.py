@@ -2,7 +2,7 @@
 
 The fused-linear log-prob op (:func:`simper_rs.linear_token_logps`) knows nothing of the loss, so
 its backward recomputes every chunk's logits. The loss modules know more: every loss here is a
-function of each pair's two average log-probs, so the Rust side (``src/fused_linear_loss.rs``)
+function of each pair's two average log-probs, so the Rust side (``src/bindings/fused_linear_loss.rs``)
 processes chunks of whole pairs and, while a chunk's logits are still in memory, takes the loss
 gradient of its tokens and the hidden / weight / bias gradients: three matmuls per chunk instead
 of four, and no logits recomputed. The autograd function below returns those gradients from its

@@ -164,7 +164,7 @@ class _PreferenceLoss(torch.nn.Module):
             raise ValueError("lm_head_bias goes with lm_head_weight; with lm_head the module's own bias is used")
 
     def _fused_loss_spec(self):
-        """(loss, estimator, beta) as ``src/fused_linear_loss.rs`` names them."""
+        """(loss, estimator, beta) as ``src/bindings/fused_linear_loss.rs`` names them."""
         raise NotImplementedError
 
     def from_sequence_logps(

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernels::element::Logit;
 use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
 use crate::threads;
-use crate::torch::{accumulation_kind, dtype_name};
+use crate::bindings::torch::{accumulation_kind, dtype_name};
 
 impl From<KernelError> for Error {
     fn from(err: KernelError) -> Self {

@@ -208,7 +208,7 @@ pub fn numpy_dil_loss<'py>(
 ) -> PyResult<LossAndGrads<'py>> {
     let estimator = Estimator::parse(estimator)?;
     let reduction = Reduction::parse(reduction)?;
-    crate::torch::check_beta(beta)?;
+    crate::bindings::torch::check_beta(beta)?;
     let refs = match (&ref_chosen_logps, &ref_rejected_logps) {
         (None, None) => None,
         (Some(a), Some(b)) => Some((a, b)),

@@ -11,8 +11,8 @@ use pyo3_tch::PyTensor;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::{fused_cpu, fused_cuda};
-use crate::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
+use crate::bindings::{fused_cpu, fused_cuda};
+use crate::bindings::torch::{accumulation_kind, check_labels, dtype_name, is_float, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
 
 /// Bytes of one chunk's logits that the automatic chunk size never exceeds. One such buffer is
 /// alive at a time: the backward overwrites the chunk's logits with their gradient (on CPU).

@@ -4,8 +4,8 @@
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 
-use crate::torch::{check_logits_labels, check_logits_labels_shapes};
-use crate::{fused_cpu, fused_cuda};
+use crate::bindings::torch::{check_logits_labels, check_logits_labels_shapes};
+use crate::bindings::{fused_cpu, fused_cuda};
 
 /// Fused forward: (token log-probs, logsumexp, entropy, argmax == label), each [B, T'], float32
 /// (float64 for float64 logits); the statistics are empty tensors unless `with_stats`.

@@ -3,7 +3,8 @@
 //! current stream, passed from Python as `torch.cuda.current_stream().cuda_stream`).
 //!
 //! The Python entry points are in `fused_ops.rs`; autograd and the fallback when the kernel is
-//! unavailable live in Python (`simper_rs.ops`).
+//! unavailable live in Python (`simper_rs.ops`). The kernel's tools (NVRTC compilation, resource
+//! report, supported architectures, status) are at the end.
 use std::ffi::c_void;
 
 use pyo3::prelude::*;
@@ -11,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows};
 use crate::error::{Error, Result};
-use crate::fused_cpu::{rows_view, ForwardTensors};
-use crate::torch::dtype_name;
+use crate::bindings::fused_cpu::{rows_view, ForwardTensors};
+use crate::bindings::torch::dtype_name;
 
 fn cuda_ordinal(name: &str, tensor: &Tensor) -> Result<i32> {
     match tensor.device() {
@@ -131,4 +132,33 @@ pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index:
 #[pyfunction]
 pub fn cuda_kernel_status(py: Python<'_>, ordinal: i32) -> Option<String> {
     py.allow_threads(|| kernels(ordinal).err().map(|err| err.to_string()))
+}
+
+/// Compile the CUDA kernel's source with NVRTC (no GPU needed): `arch` "sm_XY" gives the CUBIN
+/// (NVRTC runs ptxas, so this checks the generated code too), "compute_XY" the PTX text.
+#[pyfunction]
+#[pyo3(signature = (arch = "sm_90"))]
+pub fn cuda_compile_kernel(py: Python<'_>, arch: &str) -> PyResult<pyo3::Py<pyo3::types::PyBytes>> {
+    let parse = |prefix: &str| arch.strip_prefix(prefix).and_then(|n| n.parse::<i32>().ok()).filter(|&n| (50..=200).contains(&n));
+    let target = match (parse("sm_"), parse("compute_")) {
+        (Some(sm), _) => crate::cuda::Target::Cubin(sm),
+        (_, Some(sm)) => crate::cuda::Target::Ptx(sm),
+        _ => return Err(Error::value(format!("arch must look like 'sm_90' (machine code) or 'compute_90' (PTX), got '{arch}'")).into()),
+    };
+    let image = py.allow_threads(|| crate::cuda::compile(target))?;
+    Ok(pyo3::types::PyBytes::new(py, &image).unbind())
+}
+
+/// ptxas's resource report (registers, shared memory, stack frame, spills) of every kernel for
+/// `sm_XY` given as `10·X + Y`.
+#[pyfunction]
+#[pyo3(signature = (sm = 90))]
+pub fn cuda_kernel_resource_usage(py: Python<'_>, sm: i32) -> PyResult<String> {
+    Ok(py.allow_threads(|| crate::cuda::resource_usage(sm))?)
+}
+
+/// The GPU architectures (`10·major + minor`) that the loaded NVRTC can compile for.
+#[pyfunction]
+pub fn cuda_supported_archs() -> PyResult<Vec<i32>> {
+    Ok(crate::cuda::supported_archs()?)
 }

@@ -19,9 +19,9 @@ use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::fused_linear::{accumulate_parameter_grads, check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits};
+use crate::bindings::fused_linear::{accumulate_parameter_grads, check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits};
 use crate::losses::{self, Estimator, Reduction};
-use crate::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
+use crate::bindings::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
 
 /// The pair loss whose gradient the chunks take, reduced by the mean over pairs.
 #[derive(Clone, Copy)]
