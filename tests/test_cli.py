@@ -178,19 +178,23 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
         ("lr: 1\n", ["--resume-from-checkpoint", "nowhere"], "nowhere is not a checkpoint folder"),
     ],
 )
-def test_bad_configs_and_options_are_one_line_errors(tmp_path, config, args, message):
+def test_bad_configs_and_options_are_one_line_errors(tmp_path, monkeypatch, capsys, config, args, message):
+    from simper_rs.cli import main
+
     if config is not None:
         (tmp_path / "run.yaml").write_text(config)
-    out = simper_rs("train", "run.yaml", *args, cwd=tmp_path)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "run.yaml", *args]) == 2  # in this process: the checks come before any model is built
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_old_warmup_flag_is_now_the_learning_rate_warmup_with_a_note():
-    from simper_rs.cli import parse_train_arguments
+def test_old_warmup_flag_is_now_the_learning_rate_warmup_with_a_note(capsys):
+    from simper_rs.cli import main, parse_train_arguments
 
-    out = simper_rs("train", "--warmup-steps", "3", "--lr", "-1")  # stops at the bad --lr, after the note
-    assert "--warmup-steps is TrainingArguments' learning-rate warm-up" in out.stderr and "--sft-warmup-steps" in out.stderr
+    assert main(["train", "--warmup-steps", "3", "--lr", "-1"]) == 2  # stops at the bad --lr, after the note
+    err = capsys.readouterr().err
+    assert "--warmup-steps is TrainingArguments' learning-rate warm-up" in err and "--sft-warmup-steps" in err
     opts, ta = parse_train_arguments(["--warmup-steps", "3"])
     assert (ta["warmup_steps"], opts.sft_warmup_steps) == (3, 15)
 
@@ -199,7 +203,12 @@ def test_old_warmup_flag_is_now_the_learning_rate_warmup_with_a_note():
 _SHORT = ["--epochs", "0.25", "--sft-warmup-steps", "2", "--save-steps", "5", "--logging-steps", "3", "--eval-steps", "10"]
 
 
-def test_checkpoints_are_rotated_and_tensorboard_is_written(tmp_path):
+def test_checkpoints_are_rotated_resumed_and_checked_and_tensorboard_is_written(tmp_path, capsys):
+    import shutil
+
+    from simper_rs.checkpoints import find_checkpoint
+    from simper_rs.cli import main
+
     out = simper_rs("train", *_SHORT, "--save-total-limit", "2", "--report-to", "tensorboard", "--output-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     checkpoints = tmp_path / "checkpoints"
@@ -212,6 +221,23 @@ def test_checkpoints_are_rotated_and_tensorboard_is_written(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from" in again.stdout and _rows(tmp_path / "metrics.jsonl") == rows
     assert all(weights[k].equal(v) for k, v in _weights(tmp_path).items())
+    # a checkpoint being written (or left by a run killed while saving) lies under .incomplete, which 'latest' skips
+    shutil.copytree(checkpoints / "checkpoint-24", checkpoints / ".incomplete" / "checkpoint-99")
+    assert find_checkpoint("latest", checkpoints).name == "checkpoint-24"
+    # damaged checkpoints are one-line errors (in this process: they stop the run before it trains)
+    shutil.copytree(checkpoints / "checkpoint-20", checkpoints / "checkpoint-15")
+    (checkpoints / "checkpoint-15" / "scheduler.pt").unlink()
+    (checkpoints / "checkpoint-20" / "trainer_state.json").write_text("{")
+    (checkpoints / "checkpoint-24" / "optimizer.pt").write_bytes(b"cut short")
+    for spec, message in [
+        ("latest", "checkpoint-24: cannot load the optimizer or scheduler state"),
+        (str(checkpoints / "checkpoint-20"), "checkpoint-20 is corrupt"),
+        (str(checkpoints / "checkpoint-15"), "checkpoint-15 is not a complete checkpoint (missing scheduler.pt)"),
+    ]:
+        capsys.readouterr()
+        assert main(["train", *_SHORT, "--output-dir", str(tmp_path), "--resume-from-checkpoint", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("simper-rs train: error: --resume-from-checkpoint:"), err
 
 
 def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path):
@@ -246,32 +272,3 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
     summary = lambda p: json.loads((p / "summary.json").read_text())
     assert summary(run)["before"] == summary(tmp_path / "whole")["before"] and summary(run)["after"] == summary(tmp_path / "whole")["after"]
     assert not (run / "checkpoints" / ".incomplete").exists()
-
-
-def test_damaged_checkpoints_are_one_line_errors(tmp_path):
-    out = simper_rs("train", *_SHORT, "--save-total-limit", "3", "--output-dir", str(tmp_path))
-    assert out.returncode == 0, out.stderr[-2000:]
-    checkpoints = tmp_path / "checkpoints"
-    (checkpoints / "checkpoint-24" / "optimizer.pt").write_bytes(b"cut short")
-    (checkpoints / "checkpoint-20" / "trainer_state.json").write_text("{")
-    (checkpoints / "checkpoint-15" / "scheduler.pt").unlink()
-    for spec, message in [
-        ("latest", "checkpoint-24: cannot load the optimizer or scheduler state"),
-        (str(checkpoints / "checkpoint-20"), "checkpoint-20 is corrupt"),
-        (str(checkpoints / "checkpoint-15"), "checkpoint-15 is not a complete checkpoint (missing scheduler.pt)"),
-    ]:
-        bad = simper_rs("train", *_SHORT, "--output-dir", str(tmp_path), "--resume-from-checkpoint", spec)
-        assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
-        assert "Traceback" not in bad.stderr and bad.stderr.strip().splitlines()[-1].startswith("simper-rs train: error: --resume-from-checkpoint:")
-
-
-def test_a_checkpoint_left_half_written_is_never_resumed_from(tmp_path):
-    """A run killed while saving leaves its files under checkpoints/.incomplete, which 'latest' skips."""
-    out = simper_rs("train", *_SHORT, "--output-dir", str(tmp_path))
-    assert out.returncode == 0, out.stderr[-2000:]
-    staging = tmp_path / "checkpoints" / ".incomplete" / "checkpoint-99"
-    staging.mkdir(parents=True)
-    (staging / "trainer_state.json").write_text('{"global_step": 99}')
-    from simper_rs.checkpoints import find_checkpoint
-
-    assert find_checkpoint("latest", tmp_path / "checkpoints").name == "checkpoint-24"

@@ -151,6 +151,14 @@ class ResumableTrainer(PreferenceTrainer):
             logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 0.001)
         super().log(logs, start_time)
 
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.global_step >= self.state.max_steps:
+            # Resumed from the last step's checkpoint: nothing is left to train. (The Trainer would
+            # take one more step when the epoch count is fractional, as it checks after stepping.)
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     # A checkpoint whose files exist but do not load (truncated, overwritten) is a CheckpointError
     # naming it, not a traceback from deep inside torch.load.
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
