@@ -81,11 +81,12 @@ class SimperRsArguments:
     eval_data: Optional[str] = _field(None, "held-out records; default: the embedded test split, or the last 10%% of --data")
     model: Optional[str] = _field(None, "a local HuggingFace causal-LM folder; default: a tiny Llama built offline")
     batch_size: Optional[int] = _field(
-        None, "preference pairs per optimizer step, over all processes and accumulation steps (default: 32); "
-        "sets --per-device-train-batch-size to batch-size / (processes x gradient accumulation steps)"
+        None, "preference pairs per optimizer step, over all processes and accumulation steps; sets "
+        "--per-device-train-batch-size to batch-size / (processes x gradient accumulation steps); "
+        "None: 32, unless --per-device-train-batch-size is given"
     )
     max_length: int = _field(64, "tokens per sequence, prompt included")
-    max_prompt_length: Optional[int] = _field(None, "prompt tokens kept (its last ones); default: half of --max-length")
+    max_prompt_length: Optional[int] = _field(None, "prompt tokens kept (its last ones); None: half of --max-length")
     fused_linear: bool = _field(False, "compute the loss from hidden states, never materialising logits")
     padding_free: bool = _field(False, "pack each preference batch into one row without padding (same loss, no compute on padding)")
     max_tokens_per_row: Optional[int] = _field(None, "with --padding-free: pack into rows of at most this many tokens (default: one row)")
