@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 # Offline by design: never reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,35 +27,23 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simper-rs",
         description="Preference alignment with SimPER and DIL (Rust core). Runs offline.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = sub.add_parser(
+    # Only listed here: `simper-rs train ...` is parsed by _train_parser (HfArgumentParser).
+    sub.add_parser(
         "train",
-        help="supervised warm-up, then preference training, with held-out evaluation before and after",
-        description="Supervised warm-up on the chosen responses, then preference training (SimPER by default), "
-        "then a held-out evaluation before and after. With no arguments: the embedded tiny model and data set.",
+        add_help=False,
+        help="supervised warm-up, then preference training, with held-out evaluation before and after "
+        "(every TrainingArguments option; `simper-rs train --help`)",
     )
-    train.add_argument("--loss", choices=["simper", "dil"], default="simper", help="preference loss (default: simper)")
-    train.add_argument("--estimator", choices=["lsif", "bce", "ukl", "cpc"], default="lsif", help="DIL estimator (default: lsif; cpc is DPO-style)")
-    train.add_argument("--beta", type=float, default=1.0, help="beta of the cpc estimator (default: 1.0)")
-    train.add_argument("--data", type=Path, help="preference records (.jsonl or .json); default: the embedded data set")
-    train.add_argument("--eval-data", type=Path, help="held-out records; default: the embedded test split, or the last 10%% of --data")
-    train.add_argument("--model", type=Path, help="a local HuggingFace causal-LM folder; default: a tiny Llama built offline")
-    train.add_argument("--output-dir", type=Path, default=Path("simper-rs-output"), help="where metrics.jsonl and training.png go (default: ./simper-rs-output)")
-    train.add_argument("--epochs", type=float, default=2.0, help="preference-training epochs (default: 2)")
-    train.add_argument("--lr", type=float, default=3e-3, help="preference-training learning rate (default: 3e-3)")
-    train.add_argument("--warmup-steps", type=int, default=15, help="supervised warm-up steps on the chosen responses (default: 15)")
-    train.add_argument("--batch-size", type=int, default=32, help="preference pairs per batch (default: 32)")
-    train.add_argument("--max-length", type=int, default=64, help="tokens per sequence (default: 64)")
-    train.add_argument("--fused-linear", action="store_true", help="compute the loss from hidden states, never materialising logits")
-    train.add_argument("--padding-free", action="store_true", help="pack each preference batch into one row without padding (same loss, no compute on padding)")
-    train.add_argument("--max-tokens-per-row", type=int, help="with --padding-free: pack into rows of at most this many tokens (default: one row)")
-    train.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    train.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="fused kernel vs log_softmax + gather: time and peak memory", description="Forward+backward time and peak memory of the fused log-prob kernel against log_softmax + gather and a logsumexp-based selective log-softmax, each in its own process.")
     bench.add_argument("--quick", action="store_true", help="a small size, in seconds")
     evaluate_ = sub.add_parser(
@@ -76,6 +65,181 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--device", choices=["cpu", "cuda"], help="also fail when this device cannot run the fused kernel")
     return parser
+
+
+# -- the train command's options: TrainingArguments (HfArgumentParser) plus this package's own
+
+
+@dataclasses.dataclass
+class SimperRsArguments:
+    """The options of ``simper-rs train`` beyond transformers' ``TrainingArguments``."""
+
+    loss: Literal["simper", "dil"] = _field("simper", "preference loss")
+    estimator: Literal["lsif", "bce", "ukl", "cpc"] = _field("lsif", "DIL estimator (cpc is DPO-style)")
+    beta: float = _field(1.0, "beta of the cpc estimator")
+    data: Optional[str] = _field(None, "preference records (.jsonl or .json); default: the embedded data set")
+    eval_data: Optional[str] = _field(None, "held-out records; default: the embedded test split, or the last 10%% of --data")
+    model: Optional[str] = _field(None, "a local HuggingFace causal-LM folder; default: a tiny Llama built offline")
+    batch_size: Optional[int] = _field(
+        None, "preference pairs per optimizer step, over all processes and accumulation steps; sets "
+        "--per-device-train-batch-size to batch-size / (processes x gradient accumulation steps); "
+        "None: 32, unless --per-device-train-batch-size is given"
+    )
+    max_length: int = _field(64, "tokens per sequence, prompt included")
+    max_prompt_length: Optional[int] = _field(None, "prompt tokens kept (its last ones); None: half of --max-length")
+    fused_linear: bool = _field(False, "compute the loss from hidden states, never materialising logits")
+    padding_free: bool = _field(False, "pack each preference batch into one row without padding (same loss, no compute on padding)")
+    max_tokens_per_row: Optional[int] = _field(None, "with --padding-free: pack into rows of at most this many tokens (default: one row)")
+    sft_warmup_steps: int = _field(15, "supervised warm-up steps on the chosen responses before preference training (0: none)")
+    device: str = _field("cpu", "torch device")
+
+
+# This command's defaults where they differ from TrainingArguments' (the main job's settings);
+# None means "derived from the data" (see _resolve).
+_TRAIN_DEFAULTS = {
+    "output_dir": "simper-rs-output",
+    "seed": 0,
+    "num_train_epochs": 2.0,
+    "learning_rate": 3e-3,
+    "lr_scheduler_type": "constant",
+    "per_device_train_batch_size": None,
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "steps",
+    "eval_steps": None,
+    "logging_steps": None,
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+# Flags of earlier releases: the name they map to (argparse keeps both working).
+_OLD_FLAGS = {"--epochs": ("num_train_epochs", float), "--lr": ("learning_rate", float)}
+
+
+def _train_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser(
+        (SimperRsArguments, TrainingArguments),
+        prog="simper-rs train",
+        usage="simper-rs train [CONFIG.yaml] [--option value ...]",
+        description="Supervised warm-up on the chosen responses, then preference training (SimPER by default) with "
+        "transformers' Trainer, then a held-out evaluation before and after. With no arguments: the embedded tiny "
+        "model and data set. Every TrainingArguments field is an option (--snake_case or --kebab-case); a YAML file "
+        "of options may come first, and the command line overrides it. Checkpoints go to <output-dir>/checkpoints.",
+    )
+    parser.add_argument("config", nargs="?", help="a YAML file of options (keys as the options' names); flags given after it override it")
+    for flag, (dest, kind) in _OLD_FLAGS.items():
+        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=f"same as --{dest}")
+    parser.set_defaults(**_TRAIN_DEFAULTS)
+    # --resume-from-checkpoint alone means the newest checkpoint in <output-dir>/checkpoints.
+    resume = parser._option_string_actions["--resume_from_checkpoint"]
+    resume.nargs, resume.const = "?", "latest"
+    resume.help = "continue a killed run: a checkpoint folder, or 'latest' (the default when no value is given)"
+    # Several integrations at once, as a list in a config file or --report-to tensorboard wandb.
+    parser._option_string_actions["--report_to"].nargs = "+"
+    return parser
+
+
+def _config_tokens(path: str, parser) -> List[str]:
+    """The options of a YAML config file as command-line tokens, so the same parsing and checks apply."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise CommandError(f"config: no such file: {path}") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise CommandError(f"config: cannot read {path}: {' '.join(str(err).split())}") from None
+    if config is None:
+        return []
+    if not isinstance(config, dict):
+        raise CommandError(f"config: {path} must be a mapping of option names to values, not {type(config).__name__}")
+    tokens: List[str] = []
+    for key, value in config.items():
+        flag = f"--{str(key).replace('-', '_')}"
+        if flag not in parser._option_string_actions or flag == "--help":
+            raise CommandError(f"config: {path}: unknown option {key!r} (see simper-rs train --help)")
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        tokens.append(flag)
+        for item in values:
+            tokens.append(str(item).lower() if isinstance(item, bool) else json.dumps(item) if isinstance(item, dict) else str(item))
+    return tokens
+
+
+def parse_train_arguments(argv: List[str]):
+    """(SimperRsArguments, TrainingArguments) of ``simper-rs train argv``; the Trainer's output_dir is
+    <output-dir>/checkpoints, the run's own folder is ``opts.output_dir``."""
+    from transformers import TrainingArguments
+
+    parser = _train_parser()
+    tokens = list(argv)
+    if tokens and not tokens[0].startswith("-"):
+        tokens = _config_tokens(tokens[0], parser) + tokens[1:]
+    given = {t.split("=")[0] for t in tokens if t.startswith("--")}
+    if {"--warmup_steps", "--warmup-steps"} & given:
+        print(
+            "simper-rs train: note: --warmup-steps is TrainingArguments' learning-rate warm-up; the supervised "
+            "warm-up on the chosen responses (--warmup-steps of earlier releases) is now --sft-warmup-steps",
+            file=sys.stderr,
+        )
+    ns = parser.parse_args(tokens)
+    if ns.config is not None:
+        raise CommandError(f"unexpected argument {ns.config!r}: a YAML config file goes right after 'train'")
+    opts = SimperRsArguments(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(SimperRsArguments)})
+    processes, _ = _world()
+    ta = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainingArguments) if f.init and hasattr(ns, f.name)}
+    accumulation = ta["gradient_accumulation_steps"]
+    if accumulation < 1:
+        raise CommandError("--gradient-accumulation-steps must be at least 1")
+    if opts.batch_size is not None and ta["per_device_train_batch_size"] is not None:
+        raise CommandError("give --batch-size (pairs per optimizer step) or --per-device-train-batch-size, not both")
+    if ta["per_device_train_batch_size"] is None:
+        batch = 32 if opts.batch_size is None else opts.batch_size
+        if batch <= 0:
+            raise CommandError("--epochs, --lr and --batch-size must be positive")
+        if batch % (processes * accumulation):
+            over = f"the {processes} processes" if accumulation == 1 else f"{processes} process(es) x {accumulation} accumulation steps"
+            raise CommandError(f"--batch-size {batch} must split evenly over {over}")
+        # The global batch: several processes split it (DDP averages their gradients).
+        ta["per_device_train_batch_size"] = batch // (processes * accumulation)
+    opts.batch_size = ta["per_device_train_batch_size"] * processes * accumulation
+    if ta["num_train_epochs"] <= 0 and ta["max_steps"] <= 0 or ta["learning_rate"] <= 0 or opts.batch_size <= 0:
+        raise CommandError("--epochs, --lr and --batch-size must be positive")
+    if opts.max_prompt_length is None:
+        opts.max_prompt_length = opts.max_length // 2
+    if not 0 < opts.max_prompt_length < opts.max_length:
+        raise CommandError(f"--max-prompt-length ({opts.max_prompt_length}) must be positive and smaller than --max-length ({opts.max_length})")
+    if opts.max_tokens_per_row is not None and (not opts.padding_free or opts.max_tokens_per_row < 1):
+        raise CommandError("--max-tokens-per-row takes a positive number and goes with --padding-free")
+    opts.output_dir = Path(ta["output_dir"])
+    opts.seed = ta["seed"]
+    opts.data, opts.eval_data, opts.model = (None if p is None else Path(p) for p in (opts.data, opts.eval_data, opts.model))
+    opts.resume = ta.pop("resume_from_checkpoint")
+    ta["output_dir"] = str(opts.output_dir / "checkpoints")
+    ta["use_cpu"] = ta["use_cpu"] or opts.device == "cpu"
+    return opts, ta
+
+
+def _training_arguments(ta: dict, steps_per_epoch: int):
+    """TrainingArguments, with the logging and evaluation intervals the data size implies unless given."""
+    from transformers import TrainingArguments
+
+    ta = dict(ta)
+    if ta["logging_steps"] is None:
+        ta["logging_steps"] = max(1, steps_per_epoch // 20)
+    if ta["eval_steps"] is None:
+        ta["eval_steps"] = max(1, steps_per_epoch // 2)
+    if "tensorboard" in (ta["report_to"] if isinstance(ta["report_to"], list) else [ta["report_to"]]) or ta["report_to"] == "all":
+        # TensorBoard event files next to the run's other outputs (written locally, nothing uploaded).
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(ta["output_dir"]).parent / "tensorboard"))
+    if _world()[1] != 0:
+        ta["disable_tqdm"] = True
+    try:
+        return TrainingArguments(**ta)
+    except (ValueError, TypeError) as err:
+        raise CommandError(str(err).strip().splitlines()[0]) from None
 
 
 # -- data and model
@@ -197,12 +361,12 @@ def _warm_up(model, collator, records, args, device) -> None:
 
     import torch
 
-    if args.warmup_steps <= 0:
+    if args.sft_warmup_steps <= 0:
         return
     rng = random.Random(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in _progress(range(args.warmup_steps), "warm-up (SFT on chosen)"):
+    for _ in _progress(range(args.sft_warmup_steps), "warm-up (SFT on chosen)"):
         batch = collator(rng.sample(records, min(args.batch_size, len(records))))
         half = batch["input_ids"].shape[0] // 2
         out = model(
@@ -241,46 +405,26 @@ def _metrics_callback(path: Path):
     return WriteMetrics()
 
 
-def _preference_train(model, tokenizer, collator, train, test, args, metrics_path: Path):
-    from transformers import TrainingArguments
-
+def _preference_train(model, tokenizer, collator, train, test, opts, ta: dict, metrics_path: Path, before, resume: Optional[Path]):
+    from .checkpoints import ResumableTrainer
     from .data import PreferenceCollator
-    from .trainer import PreferenceTrainer
 
-    steps_per_epoch = math.ceil(len(train) / args.batch_size)
-    processes, rank = _world()
-    training_args = TrainingArguments(
-        output_dir=str(args.output_dir / "trainer"),
-        num_train_epochs=args.epochs,
-        # --batch-size is the global batch: several processes split it (DDP averages their gradients).
-        per_device_train_batch_size=args.batch_size // processes,
-        per_device_eval_batch_size=64,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        logging_steps=max(1, steps_per_epoch // 20),
-        eval_strategy="steps",
-        eval_steps=max(1, steps_per_epoch // 2),
-        save_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        use_cpu=args.device == "cpu",
-        dataloader_num_workers=0,
-        disable_tqdm=rank != 0,
-    )
-    trainer = PreferenceTrainer(
+    training_args = _training_arguments(ta, math.ceil(len(train) / opts.batch_size))
+    trainer = ResumableTrainer(
         model=model,
         args=training_args,
-        loss=args.loss,
-        estimator=args.estimator,
-        beta=args.beta,
-        fused_linear=args.fused_linear,
+        loss=opts.loss,
+        estimator=opts.estimator,
+        beta=opts.beta,
+        fused_linear=opts.fused_linear,
         data_collator=PreferenceCollator(
-            tokenizer, collator.max_length, collator.max_prompt_length, padding_free=args.padding_free, max_tokens_per_row=args.max_tokens_per_row
+            tokenizer, collator.max_length, collator.max_prompt_length, padding_free=opts.padding_free, max_tokens_per_row=opts.max_tokens_per_row
         ),
         train_dataset=train,
         eval_dataset=test[:128],
         processing_class=tokenizer,
         callbacks=[_metrics_callback(metrics_path)],
+        extra_state={"before": before},
     )
     # Keep the progress bar, drop its printing of every log dict: the metrics go to
     # metrics.jsonl and the summary table.
@@ -292,7 +436,7 @@ def _preference_train(model, tokenizer, collator, train, test, args, metrics_pat
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
-    trainer.train()
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     return trainer.model
 
 
@@ -365,59 +509,96 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _truncate_metrics(metrics_path: Path, step: int) -> None:
+    """Keep the rows a resumed run would not write again: the steps up to its checkpoint's, without the
+    end-of-training summary (written after the last checkpoint)."""
+    rows = []
+    for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if row.get("step", 0) <= step and "train_runtime" not in row:
+            rows.append(line + "\n")
+    tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+    tmp.write_text("".join(rows))
+    os.replace(tmp, metrics_path)
+
+
+def cmd_train(argv: List[str]) -> int:
     import torch
 
+    from .checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, find_checkpoint
     from .data import PreferenceCollator
 
-    if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0:
-        raise CommandError("--epochs, --lr and --batch-size must be positive")
+    opts, ta = parse_train_arguments(argv)
     processes, rank = _world()
-    device = _device(args.device, processes)
+    device = _device(opts.device, processes)
     if device.type == "cpu":
         # DeepSpeed, when installed, is imported by the Trainer and otherwise warns that it found no GPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if args.max_tokens_per_row is not None and (not args.padding_free or args.max_tokens_per_row < 1):
-        raise CommandError("--max-tokens-per-row takes a positive number and goes with --padding-free")
-    if args.batch_size % processes:
-        raise CommandError(f"--batch-size {args.batch_size} must split evenly over the {processes} processes")
+    resume = None
+    before = None
+    if opts.resume is not None:
+        try:
+            resume = find_checkpoint(opts.resume, opts.output_dir / "checkpoints")
+            before = ResumableTrainer.load_extra_state(resume)["before"]
+        except (CheckpointError, KeyError, ValueError, OSError) as err:
+            raise CommandError(f"--resume-from-checkpoint: {err}") from None
     # Every process runs the same seeded warm-up and evaluations (identical models), and trains
     # its share of each global batch; only the first one prints and writes files.
     say = print if rank == 0 else (lambda *a, **k: None)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
-    train, test = _load_data(args)
-    model, tokenizer, model_name = _load_model(args, train + test)
+    torch.manual_seed(opts.seed)
+    train, test = _load_data(opts)
+    model, tokenizer, model_name = _load_model(opts, train + test)
     model.to(device)
-    collator = PreferenceCollator(tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
-    metrics_path = args.output_dir / "metrics.jsonl"
+    try:
+        collator = PreferenceCollator(tokenizer, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    metrics_path = opts.output_dir / "metrics.jsonl"
     if rank == 0:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    loss_name = "SimPER" if args.loss == "simper" else f"DIL ({args.estimator})"
+        opts.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            metrics_path.write_text("")
+        else:
+            _truncate_metrics(metrics_path, checkpoint_step(resume))
+    loss_name = "SimPER" if opts.loss == "simper" else f"DIL ({opts.estimator})"
     on = f" on {processes} processes" if processes > 1 else ""
     say(f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs, model: {model_name}{on}")
 
-    _warm_up(model, collator, train, args, device)
-    before = evaluate(model, tokenizer, collator, test, device)
-    model = _preference_train(model, tokenizer, collator, train, test, args, metrics_path)
+    if resume is None:
+        _warm_up(model, collator, train, opts, device)
+        before = evaluate(model, tokenizer, collator, test, device)
+    else:
+        # The checkpoint holds the warmed-up, partly trained weights; the "before" column was
+        # measured by the interrupted run.
+        say(f"resuming from {resume} (step {checkpoint_step(resume)})")
+    try:
+        model = _preference_train(model, tokenizer, collator, train, test, opts, ta, metrics_path, before, resume)
+    except CheckpointError as err:
+        raise CommandError(f"--resume-from-checkpoint: {err}") from None
     after = evaluate(model, tokenizer, collator, test, device)
 
     if rank != 0:
         return 0
     # The aligned model is the point of the run: saved as an ordinary HuggingFace model (its own
     # lm_head, whatever loss path trained it), loadable with the Auto classes.
-    model_dir = args.output_dir / "model"
+    model_dir = opts.output_dir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    png_path = args.output_dir / "training.png"
+    png_path = opts.output_dir / "training.png"
     _plot(metrics_path, png_path, f"simper-rs: {loss_name}")
-    summary = {"loss": args.loss, "estimator": args.estimator, "before": before, "after": after, "seconds": time.perf_counter() - started}
-    (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"loss": opts.loss, "estimator": opts.estimator, "before": before, "after": after, "seconds": time.perf_counter() - started}
+    (opts.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{loss_name}: held-out evaluation before and after preference training\n")
     print(_summary(before, after))
-    print(f"\nwrote {metrics_path}, {png_path} and {args.output_dir / 'summary.json'} in {summary['seconds']:.0f} s")
+    print(f"\nwrote {metrics_path}, {png_path} and {opts.output_dir / 'summary.json'} in {summary['seconds']:.0f} s")
     print(f"saved the trained model and tokenizer to {model_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
+    checkpoints = sorted((opts.output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints:
+        print(f"checkpoints: {', '.join(p.name for p in checkpoints)} in {opts.output_dir / 'checkpoints'} (--resume-from-checkpoint)")
     return 0
 
 
@@ -436,12 +617,20 @@ def cmd_doctor(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        # Parsed on its own: TrainingArguments' options and a YAML file (see parse_train_arguments).
+        try:
+            return cmd_train(argv[1:])
+        except CommandError as err:
+            print(f"simper-rs train: error: {err}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "doctor": cmd_doctor}[args.command](args)
+        return {"eval": cmd_eval, "bench": cmd_bench, "doctor": cmd_doctor}[args.command](args)
     except CommandError as err:
         print(f"simper-rs {args.command}: error: {err}", file=sys.stderr)
         return 2
