@@ -161,11 +161,9 @@ def child(args: dict) -> dict:
     fn = {
         "log_softmax": baseline_log_softmax,
         "selective": baseline_selective,
-        "torch.compile": lambda x, y: compiled(x, y),
+        "torch.compile": torch.compile(baseline_log_softmax),
         "simper_rs": lambda x, y: simper_rs.sequence_logps(x, y, backend="rust"),
     }[args["method"]]
-    if args["method"] == "torch.compile":
-        compiled = torch.compile(baseline_log_softmax)
 
     def step():
         fn(logits, labels).sum().backward()
