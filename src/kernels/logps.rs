@@ -5,8 +5,9 @@
 //! whether argmax x == y. Backward: grad x = g·(onehot(y) − exp(x − lse)), written into a fresh
 //! buffer. Ignored rows (label == ignore_index) output 0 and never read their logits.
 //!
-//! Each row is reduced sequentially in a fixed lane order, so results are bit-identical for any
-//! number of threads. Rows are spread over rayon's current pool.
+//! The forward reads each row once: per-lane running maxima and sums, rescaled when a lane's max
+//! grows (see [`row_online`]). Each row is reduced sequentially in a fixed lane order, so results
+//! are bit-identical for any number of threads. Rows are spread over rayon's current pool.
 use rayon::prelude::*;
 
 use super::element::{Accum, Logit};
