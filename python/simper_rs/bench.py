@@ -7,6 +7,11 @@ Methods:
   log_softmax  torch.log_softmax(logits, -1).gather(...)  (what the official SimPER/DIL code does)
   selective    logits.gather(...) - torch.logsumexp(logits, -1)  (TRL's selective_log_softmax)
   simper_rs    simper_rs.sequence_logps(..., backend="rust")  (the fused Rust kernel)
+  torch.compile  torch.compile of log_softmax + gather (inductor's fused CPU code)
+  floor        no log-probs: a read of the logits' size plus a copy of it into freshly mapped
+               memory (advised to use 2 MiB pages, as the fused backward's gradient is), the least memory traffic a forward (one read) and a backward (one read, one
+               write of a new gradient) can do; measured in the same run so that ratios to it
+               cancel the machine's momentary bandwidth
 """
 from __future__ import annotations
 
@@ -50,8 +55,8 @@ def median_seconds(fn, repeats: int) -> float:
 
 def run_isolated(script: str, args: dict) -> dict:
     """Run `script --child JSON` in a fresh interpreter and return the JSON it prints last.
-    `script` is a file path, or `-m module`."""
-    command = [sys.executable, *script.split(" ", 1)] if script.startswith("-m ") else [sys.executable, script]
+    `script` is a file path or `-m module`, either followed by space-separated arguments."""
+    command = [sys.executable, *script.split()]
     out = subprocess.run(
         [*command, "--child", json.dumps(args)],
         capture_output=True,
@@ -73,7 +78,7 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-METHODS = ["log_softmax", "selective", "simper_rs"]
+METHODS = ["floor", "log_softmax", "selective", "torch.compile", "simper_rs"]
 
 
 def baseline_log_softmax(logits, labels):
@@ -98,10 +103,8 @@ def baseline_selective(logits, labels):
     return (logp * mask).sum(-1) / mask.sum(-1)
 
 
-def child(args: dict) -> dict:
+def _inputs(args: dict):
     import torch
-
-    import simper_rs
 
     torch.set_num_threads(os.cpu_count() or 1)
     dtype = getattr(torch, args["dtype"])
@@ -111,9 +114,54 @@ def child(args: dict) -> dict:
     logits = torch.randn(batch, seq_len, vocab, generator=g, dtype=dtype).requires_grad_()
     labels = torch.randint(0, vocab, (batch, seq_len), generator=g)
     labels[:, : seq_len // 8] = -100
+    return logits, labels
+
+
+def _copy_to_fresh_huge_pages(x) -> None:
+    """Copy `x` into a new tensor advised to use 2 MiB pages, as the fused backward's gradient
+    is (src/fused_cpu.rs): the same write with 1/512 of the page faults of 4 KiB pages."""
+    import ctypes
+
+    import torch
+
+    out = torch.empty_like(x)
+    nbytes, page = out.numel() * out.element_size(), 4096
+    first = -(-out.data_ptr() // page) * page
+    last = (out.data_ptr() + nbytes) // page * page
+    if last > first:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 14)  # MADV_HUGEPAGE
+    out.copy_(x)
+
+
+def _floor_pieces(x, repeats: int) -> dict:
+    """Seconds of a read of `x` (a sum), a copy into fresh memory (page faults included) with
+    2 MiB pages and with torch's allocator (4 KiB pages), and a write of memory already mapped."""
+    import torch
+
+    x = x.detach()
+    reused = torch.empty_like(x)
+    reused.fill_(0)
+    return {
+        "read": median_seconds(lambda: x.sum(), repeats),
+        "copy": median_seconds(lambda: _copy_to_fresh_huge_pages(x), repeats),
+        "copy_small_pages": median_seconds(lambda: x.clone(), repeats),
+        "reused_write": median_seconds(lambda: reused.fill_(0), repeats),
+    }
+
+
+def child(args: dict) -> dict:
+    import torch
+
+    import simper_rs
+
+    logits, labels = _inputs(args)
+    if args["method"] == "floor":
+        pieces = _floor_pieces(logits, args["repeats"])
+        return {"seconds": pieces["read"] + pieces["copy"], "forward_peak": 0, "backward_peak": 0, "logits_bytes": logits.numel() * logits.element_size(), **pieces}
     fn = {
         "log_softmax": baseline_log_softmax,
         "selective": baseline_selective,
+        "torch.compile": torch.compile(baseline_log_softmax),
         "simper_rs": lambda x, y: simper_rs.sequence_logps(x, y, backend="rust"),
     }[args["method"]]
 
@@ -121,7 +169,7 @@ def child(args: dict) -> dict:
         fn(logits, labels).sum().backward()
         logits.grad = None
 
-    step()  # warm-up (thread pools, allocator)
+    step()  # warm-up (thread pools, allocator; torch.compile compiles here)
     seconds = median_seconds(step, args["repeats"])
     with PeakRSS() as fwd:
         out = fn(logits, labels)
@@ -130,27 +178,94 @@ def child(args: dict) -> dict:
     return {"seconds": seconds, "forward_peak": fwd.peak_bytes, "backward_peak": bwd.peak_bytes, "logits_bytes": logits.numel() * logits.element_size()}
 
 
+def breakdown_child(args: dict) -> dict:
+    """The fused op's forward and backward timed apart, beside the floor's pieces."""
+    import torch
+
+    import simper_rs
+    from simper_rs import _core
+
+    logits, labels = _inputs(args)
+    repeats = args["repeats"]
+
+    def forward_only():
+        with torch.no_grad():
+            simper_rs.sequence_logps(logits, labels, backend="rust")
+
+    backward_times = []
+
+    def step():
+        out = simper_rs.sequence_logps(logits, labels, backend="rust").sum()
+        t0 = time.perf_counter()
+        out.backward()
+        backward_times.append(time.perf_counter() - t0)
+        logits.grad = None
+
+    step()
+    backward_times.clear()
+    total = median_seconds(step, repeats)
+    return {
+        "row_code": _core.cpu_kernel_path(),
+        "forward": median_seconds(forward_only, repeats),
+        "backward": statistics.median(backward_times),
+        "total": total,
+        **_floor_pieces(logits, repeats),
+    }
+
+
 SIZES = [(2048, 32000, "float32"), (2048, 32000, "bfloat16"), (4096, 128256, "float32"), (4096, 128256, "bfloat16")]
 HEADLINE = [(2048, 32000, "float32")]
 QUICK = [(256, 4096, "float32")]
 
 
-def table(sizes, repeats: int = 5) -> None:
-    """Print the markdown table of every method at every (N, V, dtype)."""
+def _run(method: str, n: int, vocab: int, dtype: str, repeats: int) -> dict:
+    return run_isolated("-m simper_rs.bench", {"method": method, "positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats})
+
+
+def table(sizes, repeats: int = 5, methods=METHODS) -> None:
+    """Print the markdown table of every method at every (N, V, dtype), with each time's ratio
+    to log_softmax and to the floor measured in the same run."""
     print(f"CPU threads: {os.cpu_count()}; fwd+bwd median of {repeats}; peaks are RSS above the inputs\n")
-    print("| N | V | dtype | method | fwd+bwd | vs log_softmax | fwd peak | bwd peak (x logits) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| N | V | dtype | method | fwd+bwd | vs log_softmax | vs floor | fwd peak | bwd peak (x logits) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n, vocab, dtype in sizes:
-        base = None
-        for method in METHODS:
-            r = run_isolated("-m simper_rs.bench", {"method": method, "positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats})
+        results = {}
+        for method in methods:
+            r = results[method] = _run(method, n, vocab, dtype, repeats)
             if "error" in r:
-                print(f"| {n} | {vocab} | {dtype} | {method} | failed: {r['error']} | | | |")
+                print(f"| {n} | {vocab} | {dtype} | {method} | failed: {r['error']} | | | | |", flush=True)
                 continue
-            base = base or r["seconds"]
+            base = results.get("log_softmax", {}).get("seconds")
+            floor = results.get("floor", {}).get("seconds")
+            vs_base = f"{base / r['seconds']:.2f}x" if base else ""
+            vs_floor = f"{r['seconds'] / floor:.2f}x" if floor else ""
+            peaks = ("", "") if method == "floor" else (fmt_bytes(r["forward_peak"]), f"{fmt_bytes(r['backward_peak'])} ({r['backward_peak'] / r['logits_bytes']:.2f}x)")
+            print(f"| {n} | {vocab} | {dtype} | {method} | {r['seconds'] * 1e3:.0f} ms | {vs_base} | {vs_floor} | {peaks[0]} | {peaks[1]} |", flush=True)
+
+
+def breakdown(sizes, repeats: int = 5, row_codes=("avx512", "avx2", "baseline")) -> None:
+    """Print where the fused op's time goes: its forward and backward apart, for each row code
+    (``SIMPER_RS_ROW_CODE``; a code the CPU lacks runs the widest it has below it), beside the
+    floor's pieces measured in the same process."""
+    print(f"CPU threads: {os.cpu_count()}; medians of {repeats}; floor = read + copy into fresh 2 MiB pages\n")
+    print("| N | V | dtype | row code | forward | backward | fwd+bwd | read | copy, fresh 2 MiB pages | copy, fresh 4 KiB pages | write, mapped memory | fwd+bwd vs floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, vocab, dtype in sizes:
+        for code in row_codes:
+            args = {"positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats}
+            os.environ["SIMPER_RS_ROW_CODE"] = code
+            try:
+                r = run_isolated("-m simper_rs.bench --breakdown-child", args)
+            finally:
+                del os.environ["SIMPER_RS_ROW_CODE"]
+            if "error" in r:
+                print(f"| {n} | {vocab} | {dtype} | {code} | failed: {r['error']} |", flush=True)
+                continue
+            ms = {k: f"{r[k] * 1e3:.1f} ms" for k in ("forward", "backward", "total", "read", "copy", "copy_small_pages", "reused_write")}
+            floor = r["read"] + r["copy"]
             print(
-                f"| {n} | {vocab} | {dtype} | {method} | {r['seconds'] * 1e3:.0f} ms | {base / r['seconds']:.2f}x | "
-                f"{fmt_bytes(r['forward_peak'])} | {fmt_bytes(r['backward_peak'])} ({r['backward_peak'] / r['logits_bytes']:.2f}x) |",
+                f"| {n} | {vocab} | {dtype} | {r['row_code']} | {ms['forward']} | {ms['backward']} | {ms['total']} | {ms['read']} | "
+                f"{ms['copy']} | {ms['copy_small_pages']} | {ms['reused_write']} | {r['total'] / floor:.2f}x |",
                 flush=True,
             )
 
@@ -163,5 +278,7 @@ def headline(quick: bool = False) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(child(json.loads(sys.argv[2]))))
+    elif len(sys.argv) == 4 and sys.argv[1:3] == ["--breakdown-child", "--child"]:
+        print(json.dumps(breakdown_child(json.loads(sys.argv[3]))))
     else:
         headline(quick="--quick" in sys.argv)

@@ -5,8 +5,9 @@
 //! whether argmax x == y. Backward: grad x = g·(onehot(y) − exp(x − lse)), written into a fresh
 //! buffer. Ignored rows (label == ignore_index) output 0 and never read their logits.
 //!
-//! Each row is reduced sequentially in a fixed lane order, so results are bit-identical for any
-//! number of threads. Rows are spread over rayon's current pool.
+//! The forward reads each row once: per-lane running maxima and sums, rescaled when a lane's max
+//! grows (see [`row_online`]). Each row is reduced sequentially in a fixed lane order, so results
+//! are bit-identical for any number of threads. Rows are spread over rayon's current pool.
 use rayon::prelude::*;
 
 use super::element::{Accum, Logit};
@@ -121,62 +122,107 @@ fn check_labels(labels: &[i64], batch: usize, positions: usize, vocab: usize, sh
 }
 
 const LANES: usize = 16;
+/// Elements per block of the single-pass forward: small enough to stay in L1 between the block's
+/// max sweep and its exp sweep, large enough that the per-block lane rescale (one exp per lane)
+/// is negligible.
+const BLOCK: usize = LANES * 16;
 
-#[inline(always)]
-fn row_max<E: Logit>(row: &[E]) -> E::Acc {
-    let mut lanes = [E::Acc::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for i in 0..LANES {
-            lanes[i] = lanes[i].max(chunk[i].load());
-        }
-    }
-    let mut m = E::Acc::NEG_INFINITY;
-    for v in lanes {
-        m = m.max(v);
-    }
-    for x in tail {
-        m = m.max(x.load());
-    }
-    m
+/// Per-lane online softmax state: running max `m`, Σ exp(x − m) and Σ (x − m)·exp(x − m).
+#[derive(Clone, Copy)]
+struct Lanes<A> {
+    max: [A; LANES],
+    sum: [A; LANES],
+    weighted: [A; LANES],
 }
 
-/// Σ exp(x − m), and with `WEIGHTED` also Σ (x − m)·exp(x − m) (0 where exp underflows to 0).
+/// Moves a lane's sums from max `m` to the larger max `new_m`: s·c and c·(sw + (m − new_m)·s)
+/// with c = exp(m − new_m). Where both are equal (including both −inf) nothing changes, and an
+/// empty lane (s = 0, m = −inf) stays empty instead of turning into −inf·0 = NaN.
 #[inline(always)]
-fn row_exp_sums<E: Logit, const WEIGHTED: bool>(row: &[E], m: E::Acc) -> (E::Acc, E::Acc) {
+fn rescale<A: Accum>(m: A, new_m: A, s: A, sw: A) -> (A, A) {
+    let zero = A::ZERO;
+    let delta = if m == new_m { zero } else { m - new_m };
+    let c = delta.exp();
+    let sw = if s == zero { zero } else { c * (sw + delta * s) };
+    (s * c, sw)
+}
+
+/// Folds a block (a whole number of `LANES` chunks) into the lanes: a max sweep, one rescale per
+/// lane, then the exp sweep over data that is still in L1. One exp per element, one pass over
+/// memory.
+#[inline(always)]
+fn fold_block<E: Logit, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: &[E]) {
     let zero = E::Acc::ZERO;
-    let mut sums = [zero; LANES];
-    let mut weighted = [zero; LANES];
-    let term = |x: E| {
-        let d = x.load() - m;
-        let e = d.exp();
-        (e, if e == zero { zero } else { d * e })
-    };
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
+    let mut block_max = state.max;
+    for chunk in block.chunks_exact(LANES) {
         for i in 0..LANES {
-            let (e, w) = term(chunk[i]);
-            sums[i] = sums[i] + e;
+            block_max[i] = block_max[i].max(chunk[i].load());
+        }
+    }
+    for i in 0..LANES {
+        let (s, sw) = rescale(state.max[i], block_max[i], state.sum[i], state.weighted[i]);
+        state.sum[i] = s;
+        if WEIGHTED {
+            state.weighted[i] = sw;
+        }
+    }
+    state.max = block_max;
+    for chunk in block.chunks_exact(LANES) {
+        for i in 0..LANES {
+            let x = chunk[i].load();
+            let d = x - block_max[i];
+            // A lane that has seen only −inf has max −inf and d = NaN: its −inf adds 0.
+            let e = if x == E::Acc::NEG_INFINITY { zero } else { d.exp() };
+            state.sum[i] = state.sum[i] + e;
             if WEIGHTED {
-                weighted[i] = weighted[i] + w;
+                // 0 where exp underflows to 0, so that −inf logits add 0, not −inf·0.
+                state.weighted[i] = state.weighted[i] + if e == zero { zero } else { d * e };
             }
         }
     }
+}
+
+/// max x, Σ exp(x − max) and (with `WEIGHTED`) Σ (x − max)·exp(x − max) of one row in a single
+/// pass. The lanes are combined in a fixed order, so the result depends only on the row.
+#[inline(always)]
+fn row_online<E: Logit, const WEIGHTED: bool>(row: &[E]) -> (E::Acc, E::Acc, E::Acc) {
+    let zero = E::Acc::ZERO;
+    let mut state = Lanes { max: [E::Acc::NEG_INFINITY; LANES], sum: [zero; LANES], weighted: [zero; LANES] };
+    let whole = row.len() / LANES * LANES;
+    for block in row[..whole].chunks(BLOCK) {
+        fold_block::<E, WEIGHTED>(&mut state, block);
+    }
+    // The last partial chunk, padded with −inf (which adds exp(−inf) = 0 and weight 0).
+    let tail = &row[whole..];
+    if !tail.is_empty() {
+        let mut padded = [E::Acc::NEG_INFINITY; LANES];
+        for (p, x) in padded.iter_mut().zip(tail) {
+            *p = x.load();
+        }
+        let mut m = state.max;
+        for i in 0..LANES {
+            m[i] = m[i].max(padded[i]);
+        }
+        for i in 0..LANES {
+            let (s, sw) = rescale(state.max[i], m[i], state.sum[i], state.weighted[i]);
+            let d = padded[i] - m[i];
+            let e = if padded[i] == E::Acc::NEG_INFINITY { zero } else { d.exp() };
+            state.sum[i] = s + e;
+            state.weighted[i] = sw + if e == zero { zero } else { d * e };
+        }
+        state.max = m;
+    }
+    let mut m = E::Acc::NEG_INFINITY;
+    for v in state.max {
+        m = m.max(v);
+    }
     let (mut s, mut sw) = (zero, zero);
     for i in 0..LANES {
-        s = s + sums[i];
-        sw = sw + weighted[i];
+        let (li, lw) = rescale(state.max[i], m, state.sum[i], state.weighted[i]);
+        s = s + li;
+        sw = sw + lw;
     }
-    for &x in tail {
-        let (e, w) = term(x);
-        s = s + e;
-        if WEIGHTED {
-            sw = sw + w;
-        }
-    }
-    (s, sw)
+    (m, s, sw)
 }
 
 /// One row's forward results.
@@ -190,8 +236,7 @@ pub struct RowForward<A> {
 
 #[inline(always)]
 fn forward_row_impl<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
-    let m = row_max(row);
-    let (s, sw) = if stats { row_exp_sums::<E, true>(row, m) } else { row_exp_sums::<E, false>(row, m) };
+    let (m, s, sw) = if stats { row_online::<E, true>(row) } else { row_online::<E, false>(row) };
     let log_s = s.ln();
     let lse = m + log_s;
     let target = row[label].load();
@@ -226,72 +271,146 @@ fn backward_row_in_place_impl<E: Logit>(row: &mut [E], label: usize, grad: E::Ac
     row[label] = E::store(grad * (E::Acc::ONE - p));
 }
 
-// The same row code compiled a second time with AVX2 + FMA enabled, picked at run time: wheels
-// target baseline x86-64, and the wider vectors roughly halve the time of these loops.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn forward_row_avx2<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
-    forward_row_impl(row, label, stats)
+/// A compilation of the row code. Wheels target baseline x86-64; the same Rust is compiled again
+/// with AVX2 + FMA and with AVX-512 enabled and picked at run time, since wider vectors divide the
+/// time of the exp-bound loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowCode {
+    /// 512-bit vectors (AVX-512 F/BW/DQ/VL) plus FMA and F16C.
+    Avx512,
+    /// 256-bit vectors with FMA and F16C.
+    Avx2,
+    /// Whatever the build targets (SSE2 on x86-64, NEON on aarch64).
+    Baseline,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn backward_row_avx2<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
-    backward_row_impl(row, out, label, grad, lse)
-}
+impl RowCode {
+    /// Every compilation, widest first.
+    pub const ALL: [RowCode; 3] = [RowCode::Avx512, RowCode::Avx2, RowCode::Baseline];
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn backward_row_in_place_avx2<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
-    backward_row_in_place_impl(row, label, grad, lse)
-}
-
-#[inline(always)]
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    /// Whether this CPU can run this compilation.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            match self {
+                RowCode::Avx512 => avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl"),
+                RowCode::Avx2 => avx2,
+                RowCode::Baseline => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == RowCode::Baseline
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The name `SIMPER_RS_ROW_CODE` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            RowCode::Avx512 => "avx512",
+            RowCode::Avx2 => "avx2",
+            RowCode::Baseline => "baseline",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            RowCode::Avx512 => "AVX-512 + FMA + F16C",
+            RowCode::Avx2 => "AVX2 + FMA + F16C",
+            RowCode::Baseline => "baseline (no AVX2)",
+        }
+    }
+
+    /// The widest compilation this CPU runs, capped by `SIMPER_RS_ROW_CODE` (avx512, avx2 or
+    /// baseline; for tests and benchmarks) when set: a request for code the CPU lacks gets the
+    /// widest it has below it. Read once per process.
+    pub fn selected() -> RowCode {
+        static SELECTED: std::sync::OnceLock<RowCode> = std::sync::OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let cap = std::env::var("SIMPER_RS_ROW_CODE").ok().and_then(|v| RowCode::ALL.into_iter().find(|c| c.name() == v.trim().to_ascii_lowercase()));
+            let start = cap.map_or(0, |c| RowCode::ALL.iter().position(|&x| x == c).unwrap_or(0));
+            RowCode::ALL[start..].iter().copied().find(|c| c.available()).unwrap_or(RowCode::Baseline)
+        })
     }
 }
+
+// The row code compiled with each instruction set. Each function is the generic code above; the
+// target features let LLVM vectorise it for that width.
+macro_rules! row_code {
+    ($forward:ident, $backward:ident, $in_place:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $forward<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+            forward_row_impl(row, label, stats)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $backward<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+            backward_row_impl(row, out, label, grad, lse)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $in_place<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+            backward_row_in_place_impl(row, label, grad, lse)
+        }
+    };
+}
+
+row_code!(forward_row_avx2, backward_row_avx2, backward_row_in_place_avx2, "avx2,fma,f16c");
+row_code!(forward_row_avx512, backward_row_avx512, backward_row_in_place_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl");
 
 /// Which compilation of the row code runs on this CPU (picked at run time, as the kernels do).
 pub fn row_code_path() -> &'static str {
-    if has_avx2() {
-        "AVX2 + FMA + F16C"
-    } else {
-        "baseline (no AVX2)"
-    }
+    RowCode::selected().description()
 }
 
 /// Forward of one logits row for `label` (which must be `< row.len()`).
 pub fn forward_row<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+    forward_row_with(RowCode::selected(), row, label, stats)
+}
+
+/// [`forward_row`] with a given compilation (falls back to the baseline where `code` is not
+/// available on this CPU).
+pub fn forward_row_with<E: Logit>(code: RowCode, row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
     assert!(label < row.len(), "label {label} outside a row of {}", row.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
-        return unsafe { forward_row_avx2(row, label, stats) };
+        match code {
+            RowCode::Avx512 => return unsafe { forward_row_avx512(row, label, stats) },
+            RowCode::Avx2 => return unsafe { forward_row_avx2(row, label, stats) },
+            RowCode::Baseline => {}
+        }
     }
     forward_row_impl(row, label, stats)
 }
 
-fn backward_row<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+fn backward_row<E: Logit>(code: RowCode, row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
-        return unsafe { backward_row_avx2(row, out, label, grad, lse) };
+        match code {
+            RowCode::Avx512 => return unsafe { backward_row_avx512(row, out, label, grad, lse) },
+            RowCode::Avx2 => return unsafe { backward_row_avx2(row, out, label, grad, lse) },
+            RowCode::Baseline => {}
+        }
     }
     backward_row_impl(row, out, label, grad, lse)
 }
 
-fn backward_row_in_place<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+fn backward_row_in_place<E: Logit>(code: RowCode, row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
-        return unsafe { backward_row_in_place_avx2(row, label, grad, lse) };
+        match code {
+            RowCode::Avx512 => return unsafe { backward_row_in_place_avx512(row, label, grad, lse) },
+            RowCode::Avx2 => return unsafe { backward_row_in_place_avx2(row, label, grad, lse) },
+            RowCode::Baseline => {}
+        }
     }
     backward_row_in_place_impl(row, label, grad, lse)
 }
@@ -318,6 +437,18 @@ pub fn forward<E: Logit>(
     shift: bool,
     out: ForwardOutputs<'_, E::Acc>,
 ) -> Result<(), KernelError> {
+    forward_with(RowCode::selected(), logits, labels, ignore_index, shift, out)
+}
+
+/// [`forward`] with a given compilation of the row code.
+pub fn forward_with<E: Logit>(
+    code: RowCode,
+    logits: &LogitsRows<'_, E>,
+    labels: &[i64],
+    ignore_index: i64,
+    shift: bool,
+    out: ForwardOutputs<'_, E::Acc>,
+) -> Result<(), KernelError> {
     let (batch, positions, vocab) = (logits.batch, logits.positions, logits.vocab);
     let used = labelled_positions(positions, shift)?;
     check_labels(labels, batch, positions, vocab, shift, ignore_index)?;
@@ -337,7 +468,7 @@ pub fn forward<E: Logit>(
         .map(|r| {
             let (b, t) = (r / used, r % used);
             let label = labels[b * positions + t + shift as usize];
-            (label != ignore_index).then(|| forward_row(logits.row(b, t), label as usize, stats))
+            (label != ignore_index).then(|| forward_row_with(code, logits.row(b, t), label as usize, stats))
         })
         .collect();
     let zero = E::Acc::ZERO;
@@ -359,6 +490,21 @@ pub fn forward<E: Logit>(
 /// `grad_logps` and `lse` are `[batch, labelled positions]` as [`forward`] produced them.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: Logit>(
+    logits: &LogitsRows<'_, E>,
+    labels: &[i64],
+    ignore_index: i64,
+    shift: bool,
+    grad_logps: &[E::Acc],
+    lse: &[E::Acc],
+    grad: &mut [E],
+) -> Result<(), KernelError> {
+    backward_with(RowCode::selected(), logits, labels, ignore_index, shift, grad_logps, lse, grad)
+}
+
+/// [`backward`] with a given compilation of the row code.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with<E: Logit>(
+    code: RowCode,
     logits: &LogitsRows<'_, E>,
     labels: &[i64],
     ignore_index: i64,
@@ -395,7 +541,7 @@ pub fn backward<E: Logit>(
                 out.fill(zero);
             } else {
                 let p = b * used + t;
-                backward_row(logits.row(b, t), out, label as usize, grad_logps[p], lse[p]);
+                backward_row(code, logits.row(b, t), out, label as usize, grad_logps[p], lse[p]);
             }
         });
     Ok(())
@@ -413,6 +559,7 @@ pub fn backward_in_place<E: Logit>(
     grad_logps: &[E::Acc],
     lse: &[E::Acc],
 ) -> Result<(), KernelError> {
+    let code = RowCode::selected();
     let n = labels.len();
     check_labels(labels, n, 1, vocab, false, ignore_index)?;
     for (name, len) in [("grad_logps", grad_logps.len()), ("lse", lse.len())] {
@@ -431,7 +578,7 @@ pub fn backward_in_place<E: Logit>(
         if labels[r] == ignore_index {
             row.fill(zero);
         } else {
-            backward_row_in_place(row, labels[r] as usize, grad_logps[r], lse[r]);
+            backward_row_in_place(code, row, labels[r] as usize, grad_logps[r], lse[r]);
         }
     });
     Ok(())
@@ -503,13 +650,22 @@ mod tests {
         Case { batch, positions, vocab, logits, labels }
     }
 
+    /// The row-code compilations this CPU runs; every test that checks values runs each one.
+    fn codes() -> Vec<RowCode> {
+        RowCode::ALL.into_iter().filter(|c| c.available()).collect()
+    }
+
     fn run_forward<E: Logit>(c: &Case, shift: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        run_forward_with::<E>(RowCode::selected(), c, shift)
+    }
+
+    fn run_forward_with<E: Logit>(code: RowCode, c: &Case, shift: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         let data: Vec<E> = c.logits.iter().map(|&x| E::store(E::Acc::from_f64(x as f32 as f64))).collect();
         let rows = LogitsRows::contiguous(&data, [c.batch, c.positions, c.vocab]).unwrap();
         let n = c.batch * (c.positions - shift as usize);
         let zero = E::Acc::ZERO;
         let (mut lp, mut lse, mut ent, mut cor) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
-        forward(&rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+        forward_with(code, &rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
         let f = |v: Vec<E::Acc>| v.into_iter().map(|x| x.to_f64()).collect();
         (f(lp), f(lse), f(ent), f(cor))
     }
@@ -547,22 +703,59 @@ mod tests {
     }
 
     #[test]
-    fn forward_matches_naive_for_each_dtype() {
-        for (vocab, shift) in [(1usize, true), (7, true), (33, false), (1000, true)] {
-            let c = case(3, 6, vocab, 4.0, vocab as u64);
-            let (want, want_ent, want_cor) = naive_forward(&c, shift, |x| x as f32 as f64);
-            let (lp, _, ent, cor) = run_forward::<f32>(&c, shift);
-            assert_close(&lp, &want, 1e-5);
-            assert_close(&ent, &want_ent, 1e-5);
-            assert_eq!(cor, want_cor);
-            let (lp, ..) = run_forward::<f64>(&c, shift);
-            assert_close(&lp, &want, 1e-6);
-            let (want, ..) = naive_forward(&c, shift, |x| bf16::from_f32(x as f32).to_f64());
-            let (lp, ..) = run_forward::<bf16>(&c, shift);
-            assert_close(&lp, &want, 1e-5);
-            let (want, ..) = naive_forward(&c, shift, |x| f16::from_f32(x as f32).to_f64());
-            let (lp, ..) = run_forward::<f16>(&c, shift);
-            assert_close(&lp, &want, 1e-5);
+    fn forward_matches_naive_for_each_dtype_and_row_code() {
+        // Vocabularies below one chunk, with a tail, exactly one block, and several blocks + tail.
+        for code in codes() {
+            for (vocab, shift) in [(1usize, true), (7, true), (33, false), (256, true), (1000, true)] {
+                let c = case(3, 6, vocab, 4.0, vocab as u64);
+                let (want, want_ent, want_cor) = naive_forward(&c, shift, |x| x as f32 as f64);
+                let (lp, _, ent, cor) = run_forward_with::<f32>(code, &c, shift);
+                assert_close(&lp, &want, 1e-5);
+                assert_close(&ent, &want_ent, 1e-5);
+                assert_eq!(cor, want_cor, "{code:?}");
+                let (lp, _, ent, _) = run_forward_with::<f64>(code, &c, shift);
+                assert_close(&lp, &want, 1e-6);
+                assert_close(&ent, &want_ent, 1e-6);
+                let (want, ..) = naive_forward(&c, shift, |x| bf16::from_f32(x as f32).to_f64());
+                let (lp, ..) = run_forward_with::<bf16>(code, &c, shift);
+                assert_close(&lp, &want, 1e-5);
+                let (want, ..) = naive_forward(&c, shift, |x| f16::from_f32(x as f32).to_f64());
+                let (lp, ..) = run_forward_with::<f16>(code, &c, shift);
+                assert_close(&lp, &want, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_growing_maximum_rescales_the_sums() {
+        // Increasing logits raise every lane's max in every block: the online rescale at its most.
+        let row: Vec<f32> = (0..2000).map(|i| i as f32 * 0.01).collect();
+        let wide: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        let ls = naive_log_softmax(&wide);
+        let want_entropy = -ls.iter().map(|l| l.exp() * l).sum::<f64>();
+        for code in codes() {
+            for label in [0usize, 1999] {
+                let r = forward_row_with(code, &row, label, true);
+                assert!((r.logp as f64 - ls[label]).abs() < 1e-5 * (1.0 + ls[label].abs()), "{code:?}: {} vs {}", r.logp, ls[label]);
+                assert!((r.entropy as f64 - want_entropy).abs() < 1e-5 * (1.0 + want_entropy), "{code:?}");
+                assert_eq!(r.correct, label == 1999);
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_that_hold_only_negative_infinity_add_nothing() {
+        // Masked vocabulary entries: every other chunk of 16 and whole blocks are −inf.
+        let row: Vec<f32> = (0..1100).map(|i| if (i / 16) % 2 == 0 || i < 300 { f32::NEG_INFINITY } else { (i % 7) as f32 }).collect();
+        let wide: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        let ls = naive_log_softmax(&wide);
+        let finite: Vec<f64> = ls.iter().cloned().filter(|l| l.is_finite()).collect();
+        let want_entropy = -finite.iter().map(|l| l.exp() * l).sum::<f64>();
+        for code in codes() {
+            let r = forward_row_with(code, &row, 1010, true);
+            assert!((r.logp as f64 - ls[1010]).abs() < 1e-5, "{code:?}: {} vs {}", r.logp, ls[1010]);
+            assert!((r.entropy as f64 - want_entropy).abs() < 1e-5 * (1.0 + want_entropy), "{code:?}: {}", r.entropy);
+            assert_eq!(forward_row_with(code, &row, 0, false).logp, f32::NEG_INFINITY);
         }
     }
 
@@ -624,7 +817,7 @@ mod tests {
 
     #[test]
     fn backward_matches_naive_gradient() {
-        for (vocab, shift) in [(1usize, true), (13, true), (64, false)] {
+        for (code, (vocab, shift)) in codes().into_iter().flat_map(|code| [(1usize, true), (13, true), (64, false), (300, true)].map(|v| (code, v))) {
             let c = case(2, 4, vocab, 3.0, 5);
             let data: Vec<f64> = c.logits.clone();
             let rows = LogitsRows::contiguous(&data, [2, 4, vocab]).unwrap();
@@ -634,7 +827,7 @@ mod tests {
             forward(&rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
             let upstream: Vec<f64> = (0..n).map(|i| 0.3 + i as f64).collect();
             let mut grad = vec![f64::NAN; 2 * 4 * vocab];
-            backward(&rows, &c.labels, -100, shift, &upstream, &lse, &mut grad).unwrap();
+            backward_with(code, &rows, &c.labels, -100, shift, &upstream, &lse, &mut grad).unwrap();
             for b in 0..2 {
                 for t in 0..4 {
                     let g = &grad[(b * 4 + t) * vocab..(b * 4 + t + 1) * vocab];
@@ -673,10 +866,12 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let c = case(4, 16, 300, 5.0, 9);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run_forward::<f32>(&c, true));
-        let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| run_forward::<f32>(&c, true));
-        assert_eq!(one.0, four.0);
-        assert_eq!(one.2, four.2);
+        for code in codes() {
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run_forward_with::<f32>(code, &c, true));
+            let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| run_forward_with::<f32>(code, &c, true));
+            assert_eq!(one.0, four.0);
+            assert_eq!(one.2, four.2);
+        }
     }
 
     #[test]
