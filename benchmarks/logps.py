@@ -1,7 +1,8 @@
 """Forward+backward time and peak memory of the masked sequence log-prob reduction on CPU:
 the fused Rust kernel against log_softmax + gather, TRL's selective log-softmax and torch.compile
-of log_softmax + gather, beside the bandwidth floor (a read plus a copy of the logits' size)
-measured in the same run; each method in its own process (the code is in simper_rs/bench.py).
+of log_softmax + gather, beside the memory floor (a read plus a copy of the logits' size into
+fresh memory) and the bandwidth floor (the same copy into mapped memory) measured in the same
+run; each method in its own process (the code is in simper_rs/bench.py).
 
     python benchmarks/logps.py                 # the sizes of RESULTS.md
     python benchmarks/logps.py --headline      # (2048, 32000) float32 only, with ratios to the floor

@@ -19,14 +19,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from .trainer import PreferenceTrainer
 
-__all__ = ["ResumableTrainer", "CheckpointError", "find_checkpoint", "STAGING"]
+__all__ = ["ResumableTrainer", "CheckpointError", "checkpoints_by_step", "find_checkpoint", "STAGING"]
 
 STAGING = ".incomplete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -42,15 +42,21 @@ def _state_file(rank: int) -> str:
     return f"simper_rs_state_rank{rank}.json"
 
 
+def checkpoints_by_step(checkpoints_dir: Path) -> List[Path]:
+    """The ``checkpoint-<step>`` folders in ``checkpoints_dir``, lowest step first (none if it is missing)."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in checkpoints_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
+    return [path for _, path in found]
+
+
 def find_checkpoint(spec: str, checkpoints_dir: Path) -> Path:
     """The checkpoint folder that ``spec`` ("latest" or a path) names, checked to be complete."""
     if spec == "latest":
-        found = sorted(
-            (int(m.group(1)), p) for p in (checkpoints_dir.iterdir() if checkpoints_dir.is_dir() else []) if p.is_dir() and (m := _CHECKPOINT.match(p.name))
-        )
+        found = checkpoints_by_step(checkpoints_dir)
         if not found:
             raise CheckpointError(f"no checkpoint to resume from in {checkpoints_dir}")
-        path = found[-1][1]
+        path = found[-1]
     else:
         path = Path(spec)
         if not path.is_dir():

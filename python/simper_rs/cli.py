@@ -528,7 +528,7 @@ def _truncate_metrics(metrics_path: Path, step: int) -> None:
 def cmd_train(argv: List[str]) -> int:
     import torch
 
-    from .checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, find_checkpoint
+    from .checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, checkpoints_by_step, find_checkpoint
     from .data import PreferenceCollator
 
     opts, ta = parse_train_arguments(argv)
@@ -542,6 +542,7 @@ def cmd_train(argv: List[str]) -> int:
     if opts.resume is not None:
         try:
             resume = find_checkpoint(opts.resume, opts.output_dir / "checkpoints")
+            resume_step = checkpoint_step(resume)
             before = ResumableTrainer.load_extra_state(resume)["before"]
         except (CheckpointError, KeyError, ValueError, OSError) as err:
             raise CommandError(f"--resume-from-checkpoint: {err}") from None
@@ -563,7 +564,7 @@ def cmd_train(argv: List[str]) -> int:
         if resume is None:
             metrics_path.write_text("")
         else:
-            _truncate_metrics(metrics_path, checkpoint_step(resume))
+            _truncate_metrics(metrics_path, resume_step)
     loss_name = "SimPER" if opts.loss == "simper" else f"DIL ({opts.estimator})"
     on = f" on {processes} processes" if processes > 1 else ""
     say(f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs, model: {model_name}{on}")
@@ -574,7 +575,7 @@ def cmd_train(argv: List[str]) -> int:
     else:
         # The checkpoint holds the warmed-up, partly trained weights; the "before" column was
         # measured by the interrupted run.
-        say(f"resuming from {resume} (step {checkpoint_step(resume)})")
+        say(f"resuming from {resume} (step {resume_step})")
     try:
         model = _preference_train(model, tokenizer, collator, train, test, opts, ta, metrics_path, before, resume)
     except CheckpointError as err:
@@ -596,7 +597,7 @@ def cmd_train(argv: List[str]) -> int:
     print(_summary(before, after))
     print(f"\nwrote {metrics_path}, {png_path} and {opts.output_dir / 'summary.json'} in {summary['seconds']:.0f} s")
     print(f"saved the trained model and tokenizer to {model_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
-    checkpoints = sorted((opts.output_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = checkpoints_by_step(opts.output_dir / "checkpoints")
     if checkpoints:
         print(f"checkpoints: {', '.join(p.name for p in checkpoints)} in {opts.output_dir / 'checkpoints'} (--resume-from-checkpoint)")
     return 0
