@@ -77,7 +77,7 @@ def test_modules_from_hidden_equal_modules_from_logits(estimator):
 
 
 LINEAR_BAD = [
-    ("hidden not a tensor", lambda h, w, b, y: simper_rs.linear_sequence_logps([1.0], w, y), TypeError, "argument 'hidden': expected a torch.Tensor"),
+    ("hidden not a tensor", lambda h, w, b, y: simper_rs.linear_sequence_logps([1.0], w, y), TypeError, "hidden must be a torch.Tensor, got list"),
     ("hidden rank", lambda h, w, b, y: simper_rs.linear_sequence_logps(h[0], w, y), ValueError, "hidden must be a 3-D"),
     ("weight rank", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w[0], y), ValueError, "weight must be a 2-D"),
     ("hidden size mismatch", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w[:, :5], y), ValueError, "hidden_size 8"),

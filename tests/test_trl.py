@@ -11,6 +11,7 @@ pytest.importorskip("trl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import reference  # noqa: E402
+import transformers  # noqa: E402
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
@@ -282,9 +283,42 @@ def test_bad_trainer_arguments(tmp_path, tokenizer):
         SimPERTrainer(model=model, args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True), train_dataset=text_records(4), processing_class=tokenizer)
     with pytest.raises(ValueError, match="reference-free"):
         DILTrainer(model=model, ref_model=build_tiny_model(tokenizer), args=config(tmp_path, DILConfig), train_dataset=text_records(4), processing_class=tokenizer)
-    model.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
-        SimPERTrainer(model=model, args=config(tmp_path), train_dataset=text_records(4), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="not a Mixture-of-Experts model"):
+        SimPERTrainer(model=model, args=config(tmp_path, router_aux_loss_coef=0.1), train_dataset=text_records(4), processing_class=tokenizer)
+
+
+def tiny_mixtral(tokenizer, coef):
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=coef, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return transformers.MixtralForCausalLM(config)
+
+
+@pytest.mark.parametrize("fused_linear", [True, False], ids=["fused-linear", "logits"])
+@pytest.mark.parametrize("coef", [None, 0.0], ids=["config-coefficient", "switched-off"])
+def test_mixture_of_experts_trains_with_trls_router_loss(tmp_path, tokenizer, fused_linear, coef):
+    model = tiny_mixtral(tokenizer, coef=0.02)
+    trainer = SimPERTrainer(
+        model=model, args=config(tmp_path, use_fused_linear=fused_linear, router_aux_loss_coef=coef),
+        train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
+    )
+    batch = first_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch)
+    own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_router_logits=True)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    expected = reference.simper(*reference.sequence_logps(own.logits, labels).chunk(2))
+    if coef is None:  # TRL's rule: the config's coefficient times the model's own aux_loss
+        expected = expected + 0.02 * own.aux_loss
+        assert trainer._metrics["train"]["aux_loss"][-1] == pytest.approx(float(own.aux_loss), rel=1e-5)
+    else:
+        assert "aux_loss" not in trainer._metrics["train"]
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_unsupported_trl_release_is_a_clear_import_error(monkeypatch):

@@ -27,6 +27,7 @@ from .losses import (  # noqa: E402
 )
 from .ops import (  # noqa: E402
     BACKENDS,
+    LogitTransform,
     linear_sequence_logps,
     linear_sequence_logps_with_stats,
     linear_token_logps,
@@ -46,6 +47,7 @@ __all__ = [
     "linear_sequence_logps",
     "linear_sequence_logps_with_stats",
     "BACKENDS",
+    "LogitTransform",
     "simper_loss",
     "dil_loss",
     "SimPERLoss",

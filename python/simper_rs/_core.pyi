@@ -42,7 +42,14 @@ TORCH_VERSION: str
 def check_logps_inputs(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False
 ) -> None: ...
-def token_logps_torch(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True) -> torch.Tensor: ...
+def token_logps_torch(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    logit_scale: Optional[float] = None,
+    logit_softcap: Optional[float] = None,
+) -> torch.Tensor: ...
 def reduce_sequence_logps(
     token_logps: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, average: bool = True
 ) -> torch.Tensor: ...
@@ -74,7 +81,12 @@ def preference_metrics(
     ref_rejected_logps: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]: ...
 def token_stats_torch(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    logit_scale: Optional[float] = None,
+    logit_softcap: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]: ...
 def fused_token_logps_forward(
     logits: torch.Tensor,
@@ -84,6 +96,8 @@ def fused_token_logps_forward(
     with_stats: bool = False,
     cuda_stream: Optional[int] = None,
     check_values: bool = True,
+    logit_scale: Optional[float] = None,
+    logit_softcap: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 def fused_token_logps_backward(
     grad_logps: torch.Tensor,
@@ -93,6 +107,8 @@ def fused_token_logps_backward(
     ignore_index: int = -100,
     shift: bool = True,
     cuda_stream: Optional[int] = None,
+    logit_scale: Optional[float] = None,
+    logit_softcap: Optional[float] = None,
 ) -> torch.Tensor: ...
 def kernel_threads() -> int: ...
 def cpu_kernel_path() -> str: ...
@@ -120,6 +136,9 @@ def check_linear_logps_inputs(
     ignore_index: int = -100,
     shift: bool = True,
     require_tokens: bool = False,
+    logit_scale: Optional[float] = None,
+    logit_scale_tensor: Optional[torch.Tensor] = None,
+    logit_softcap: Optional[float] = None,
 ) -> None: ...
 def linear_token_logps_forward(
     hidden: torch.Tensor,
@@ -131,7 +150,11 @@ def linear_token_logps_forward(
     chunk_size: Optional[int] = None,
     with_stats: bool = False,
     cuda_stream: Optional[int] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    logit_scale: Optional[float] = None,
+    logit_scale_tensor: Optional[torch.Tensor] = None,
+    logit_softcap: Optional[float] = None,
+    with_means: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 def linear_pair_loss_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -147,13 +170,19 @@ def linear_pair_loss_forward(
     shift: bool = True,
     chunk_size: Optional[int] = None,
     with_stats: bool = False,
-    needs: Tuple[bool, bool, bool] = (True, True, True),
+    needs: Tuple[bool, bool, bool, bool] = (True, True, True, True),
     cuda_stream: Optional[int] = None,
+    logit_scale: Optional[float] = None,
+    logit_scale_tensor: Optional[torch.Tensor] = None,
+    logit_softcap: Optional[float] = None,
+    with_means: bool = False,
 ) -> Tuple[
     torch.Tensor,
     torch.Tensor,
     torch.Tensor,
     torch.Tensor,
+    torch.Tensor,
+    Optional[torch.Tensor],
     Optional[torch.Tensor],
     Optional[torch.Tensor],
     Optional[torch.Tensor],
@@ -169,7 +198,11 @@ def linear_token_logps_backward(
     shift: bool = True,
     chunk_size: Optional[int] = None,
     cuda_stream: Optional[int] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: ...
+    logit_scale: Optional[float] = None,
+    logit_scale_tensor: Optional[torch.Tensor] = None,
+    logit_softcap: Optional[float] = None,
+    needs: Tuple[bool, bool, bool] = (True, True, True),
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]: ...
 def linear_chunk_rows(positions: int, hidden_size: int, vocab: int, dtype_bytes: int) -> int: ...
 def cuda_compile_kernel(arch: str = "sm_90") -> bytes: ...
 def cuda_supported_archs() -> List[int]: ...

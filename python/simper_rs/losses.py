@@ -17,14 +17,14 @@ DIL, with u = ℓ_θ - ℓ_ref (u = ℓ_θ without a reference model), per pair:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 
 from . import _core
 from .fused_loss import fused_pair_loss
 from .head import head_sequence_logps_with_stats
-from .ops import _check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
+from .ops import LogitTransform, check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
 
 __all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS"]
 
@@ -91,8 +91,10 @@ class _PreferenceLoss(torch.nn.Module):
         self.backend = backend
         self.return_stats = bool(return_stats)
 
-    def _check_pair_batch(self, source, name, labels, position_ids) -> None:
-        """A [chosen; rejected] batch: an even number of rows, or of packed sequences, checked before any work."""
+    def check_pair_batch(self, source, name, labels, position_ids=None) -> None:
+        """Check that ``source`` (logits or hidden, called ``name`` in messages) with ``labels``
+        holds a [chosen; rejected] batch: an even number of rows, or of packed sequences with
+        ``position_ids``. Raises before any work is done."""
         if not isinstance(source, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(source).__name__}")
         batch = source.shape[0] if source.dim() > 0 else 0
@@ -102,14 +104,14 @@ class _PreferenceLoss(torch.nn.Module):
                 f"(an even, non-zero batch size), got batch size {batch}"
             )
         if position_ids is not None:
-            sequences = _check_packed_inputs(labels, position_ids, ignore_index=self.ignore_index, shift=self.shift)
+            sequences = check_packed_inputs(labels, position_ids, ignore_index=self.ignore_index, shift=self.shift)
             if sequences == 0 or sequences % 2:
                 raise ValueError(
                     f"position_ids hold {sequences} packed sequences; a [chosen; rejected] batch needs an even number: "
                     "the P chosen sequences, then the P rejected ones"
                 )
 
-    def _split_pairs(self, logits, labels, hidden=None, lm_head_weight=None, lm_head_bias=None, chunk_size=None, lm_head=None, position_ids=None):
+    def _split_pairs(self, logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform):
         """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
 
         From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and either
@@ -124,33 +126,34 @@ class _PreferenceLoss(torch.nn.Module):
             if logits is None:
                 raise TypeError("the loss needs logits, or hidden and lm_head_weight")
             source, name = logits, "logits"
-        self._check_pair_batch(source, name, labels, position_ids)
+        self.check_pair_batch(source, name, labels, position_ids)
         options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats, position_ids=position_ids)
+        transform_args = dict(logit_scale=transform.scale, logit_softcap=transform.softcap)
         if lm_head is not None:
-            logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, **options)
+            logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, transform=transform, **options)
         elif hidden is not None:
             logps, stats = linear_sequence_logps_with_stats(
-                hidden, lm_head_weight, labels, lm_head_bias, chunk_size=chunk_size, **options
+                hidden, lm_head_weight, labels, lm_head_bias, chunk_size=chunk_size, **options, **transform_args
             )
         else:
-            logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options)
+            logps, stats = sequence_logps_with_stats(logits, labels, backend=self.backend, **options, **transform_args)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:], stats
 
-    def _loss(self, logits, labels, ref_chosen, ref_rejected, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids):
+    def _loss(self, logits, labels, ref_chosen, ref_rejected, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform):
         if hidden is not None and logits is None:
             # From hidden states with a gradient to take: the gradients are computed in the forward
             # (simper_rs.fused_loss), after the same checks as the log-prob path.
             self._check_fused_linear_arguments(lm_head_weight, lm_head_bias, lm_head)
-            self._check_pair_batch(hidden, "hidden", labels, position_ids)
+            self.check_pair_batch(hidden, "hidden", labels, position_ids)
             fused = fused_pair_loss(
                 self, hidden, labels, weight=lm_head_weight, bias=lm_head_bias, lm_head=lm_head, position_ids=position_ids,
-                ref_chosen=ref_chosen, ref_rejected=ref_rejected, chunk_size=chunk_size,
+                ref_chosen=ref_chosen, ref_rejected=ref_rejected, chunk_size=chunk_size, transform=transform,
             )
             if fused is not None:
                 half = fused.logps.shape[0] // 2
-                return self._output(fused.loss, fused.logps[:half], fused.logps[half:], fused.metrics, ref_chosen, ref_rejected)
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
+                return self.build_output(fused.loss, fused.logps[:half], fused.logps[half:], fused.metrics, ref_chosen, ref_rejected)
+        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform)
         return self.from_sequence_logps(chosen, rejected, ref_chosen, ref_rejected, metrics=stats)
 
     @staticmethod
@@ -163,8 +166,9 @@ class _PreferenceLoss(torch.nn.Module):
         if lm_head is not None and lm_head_bias is not None:
             raise ValueError("lm_head_bias goes with lm_head_weight; with lm_head the module's own bias is used")
 
-    def _fused_loss_spec(self):
-        """(loss, estimator, beta) as ``src/bindings/fused_linear_loss.rs`` names them."""
+    def fused_loss_spec(self):
+        """(loss, estimator, beta): this loss as the Rust gradient-in-forward op
+        (``src/bindings/fused_linear_loss.rs``) names it."""
         raise NotImplementedError
 
     def from_sequence_logps(
@@ -179,14 +183,17 @@ class _PreferenceLoss(torch.nn.Module):
         """The loss and metrics from per-sequence average log-probs ``[P]`` computed elsewhere
         (e.g. :func:`simper_rs.sequence_logps` over your own batch layout); ``metrics`` are
         extra entries for the output (such as ``entropy``)."""
-        loss = self._pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        return self._output(loss, chosen_logps, rejected_logps, metrics or {}, ref_chosen_logps, ref_rejected_logps)
+        loss = self.pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        return self.build_output(loss, chosen_logps, rejected_logps, metrics or {}, ref_chosen_logps, ref_rejected_logps)
 
-    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    def pair_loss(self, chosen, rejected, ref_chosen=None, ref_rejected=None) -> torch.Tensor:
+        """The batch loss (mean over pairs) from average log-probs ``[P]`` (and reference ones)."""
         raise NotImplementedError
 
     @torch.compiler.disable
-    def _output(self, loss, chosen, rejected, stats, ref_chosen=None, ref_rejected=None) -> PreferenceLossOutput:
+    def build_output(self, loss, chosen, rejected, stats, ref_chosen=None, ref_rejected=None) -> PreferenceLossOutput:
+        """The :class:`PreferenceLossOutput` of a computed ``loss``: the TRL metrics of the average
+        log-probs ``chosen`` / ``rejected`` ``[P]`` (log-ratios with references) plus ``stats``."""
         metrics = _core.preference_metrics(chosen, rejected, ref_chosen, ref_rejected)
         metrics.update(stats)
         return PreferenceLossOutput(loss=loss, metrics=metrics, chosen_logps=chosen, rejected_logps=rejected)
@@ -212,6 +219,10 @@ class SimPERLoss(_PreferenceLoss):
     Packed (padding-free) batches: ``position_ids`` (the shape of ``labels``, restarting at 0 at
     each sequence) with all chosen sequences before all rejected ones; same loss and metrics as
     the padded batch.
+
+    Models that transform their logits after the projection: ``logit_scale`` (a number, or with
+    ``hidden`` a tensor of one number or one per vocabulary entry, which gets its gradient) and
+    ``logit_softcap`` (``c·tanh(z/c)``, after the scale), as :func:`simper_rs.token_logps` takes them.
     """
 
     def forward(
@@ -225,13 +236,16 @@ class SimPERLoss(_PreferenceLoss):
         chunk_size: Optional[int] = None,
         lm_head: Optional[torch.nn.Module] = None,
         position_ids: Optional[torch.Tensor] = None,
+        logit_scale: Union[float, torch.Tensor, None] = None,
+        logit_softcap: Optional[float] = None,
     ) -> PreferenceLossOutput:
-        return self._loss(logits, labels, None, None, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids)
+        transform = LogitTransform(logit_scale, logit_softcap)
+        return self._loss(logits, labels, None, None, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform)
 
-    def _fused_loss_spec(self):
+    def fused_loss_spec(self):
         return "simper", "lsif", 1.0
 
-    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    def pair_loss(self, chosen, rejected, ref_chosen=None, ref_rejected=None) -> torch.Tensor:
         if ref_chosen is not None or ref_rejected is not None:
             raise ValueError("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps")
         return simper_loss(chosen, rejected)
@@ -276,15 +290,19 @@ class DILLoss(_PreferenceLoss):
         chunk_size: Optional[int] = None,
         lm_head: Optional[torch.nn.Module] = None,
         position_ids: Optional[torch.Tensor] = None,
+        logit_scale: Union[float, torch.Tensor, None] = None,
+        logit_softcap: Optional[float] = None,
     ) -> PreferenceLossOutput:
+        transform = LogitTransform(logit_scale, logit_softcap)
         return self._loss(
-            logits, labels, ref_chosen_logps, ref_rejected_logps, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids
+            logits, labels, ref_chosen_logps, ref_rejected_logps, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids,
+            transform,
         )
 
-    def _fused_loss_spec(self):
+    def fused_loss_spec(self):
         return "dil", self.estimator, self.beta
 
-    def _pair_loss(self, chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    def pair_loss(self, chosen, rejected, ref_chosen=None, ref_rejected=None) -> torch.Tensor:
         return dil_loss(chosen, rejected, ref_chosen, ref_rejected, estimator=self.estimator, beta=self.beta)
 
     def extra_repr(self) -> str:

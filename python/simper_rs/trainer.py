@@ -12,11 +12,11 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .head import add_logps_forward
+from .integrations.causal_lm import add_logps_forward
 from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
-from .ops import _reduce_with_stats, sequence_logps
+from .ops import reduce_with_stats, sequence_logps
 
-__all__ = ["PreferenceTrainer", "preference_loss", "make_loss"]
+__all__ = ["PreferenceTrainer", "preference_loss", "make_loss", "resolve_aux_loss_coef"]
 
 LOSSES = ("simper", "dil")
 
@@ -36,6 +36,24 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def resolve_aux_loss_coef(model: torch.nn.Module, coef: Optional[float] = None) -> float:
+    """The weight of a Mixture-of-Experts model's router load-balancing loss, as TRL's
+    DPOTrainer chooses it: ``coef`` when given, else the model config's ``router_aux_loss_coef``;
+    0.0 for a model that returns no router logits (not MoE). A non-zero ``coef`` for such a
+    model is an error, as in TRL."""
+    config = _unwrap(model).config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    moe = hasattr(text_config, "output_router_logits")
+    if coef is None:
+        return float(getattr(text_config, "router_aux_loss_coef", 0.0) or 0.0) if moe else 0.0
+    if coef and not moe:
+        raise ValueError(
+            f"router_aux_loss_coef={coef}, but {type(_unwrap(model)).__name__} is not a Mixture-of-Experts model that "
+            "returns its router logits: there is no auxiliary loss to weight"
+        )
+    return float(coef)
+
+
 def preference_loss(
     model: torch.nn.Module,
     inputs: Dict[str, Any],
@@ -43,19 +61,23 @@ def preference_loss(
     *,
     ref_model: Optional[torch.nn.Module] = None,
     fused_linear: bool = False,
+    aux_loss_coef: float = 0.0,
 ) -> PreferenceLossOutput:
     """One loss step on a collated [chosen; rejected] batch (see :class:`PreferenceCollator`).
 
     ``inputs`` holds ``input_ids``, ``attention_mask`` and ``labels`` ``[2P, T]`` (or, packed,
     ``input_ids``, ``labels`` and ``position_ids`` ``[1, L]``) and optionally
     precomputed ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[P]``; otherwise ``ref_model``
-    (if given, for DIL) provides them. ``fused_linear`` computes the loss from the last hidden
-    states and the lm_head weight without materialising the logits.
+    (if given, for DIL) provides them. ``fused_linear`` computes the loss from the lm_head's
+    input (as the model's own forward computes it) without materialising the logits.
+    ``aux_loss_coef`` (see :func:`resolve_aux_loss_coef`) adds that weight times the router
+    load-balancing loss of a Mixture-of-Experts model, logged as ``aux_loss``.
     """
     labels, position_ids = inputs["labels"], inputs.get("position_ids")
     # Padded rows come with an attention_mask; packed rows (padding_free) with position_ids only,
     # from which transformers keeps attention within each sequence.
     model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if inputs.get(k) is not None}
+    policy_inputs = dict(model_inputs, output_router_logits=True) if aux_loss_coef else model_inputs
     refs = {}
     if isinstance(loss_fn, DILLoss):
         ref_chosen, ref_rejected = inputs.get("ref_chosen_logps"), inputs.get("ref_rejected_logps")
@@ -67,15 +89,15 @@ def preference_loss(
             ref_chosen, ref_rejected = ref[:half], ref[half:]
         refs = {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
     if fused_linear:
-        # Inside the (wrapped) model's forward, with the op run as the lm_head's own forward, so
+        # Inside the (wrapped) model's own forward, with the op run as the lm_head's forward, so
         # that DDP, FSDP and ZeRO-3 gather the weight and reduce its gradient (simper_rs.head).
         # With a gradient to take, the loss is computed there too, its gradients in the forward
         # (simper_rs.fused_loss); else (evaluation) from the token log-probs.
         add_logps_forward(_unwrap(model))
         ref_pair = (refs["ref_chosen_logps"], refs["ref_rejected_logps"]) if refs.get("ref_chosen_logps") is not None else None
-        out = model(**model_inputs, simper_rs_labels=labels, simper_rs_loss=loss_fn, simper_rs_refs=ref_pair)
+        out = model(**policy_inputs, simper_rs_labels=labels, simper_rs_loss=loss_fn, simper_rs_refs=ref_pair)
         device = out.token_logps.device
-        logps, metrics = _reduce_with_stats(
+        logps, metrics = reduce_with_stats(
             out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(device),
             -100, True, True,  # the labels convention of add_logps_forward (HF: -100, shifted)
             position_ids.to(device) if position_ids is not None else None,
@@ -83,11 +105,21 @@ def preference_loss(
         if out.loss is not None:
             half = out.sequence_logps.shape[0] // 2
             chosen, rejected = out.sequence_logps[:half], out.sequence_logps[half:]
-            return loss_fn._output(out.loss, chosen, rejected, metrics, *ref_pair if ref_pair else (None, None))
-        half = logps.shape[0] // 2
-        return loss_fn.from_sequence_logps(logps[:half], logps[half:], **refs, metrics=metrics)
-    logits = model(**model_inputs, use_cache=False).logits
-    return loss_fn(logits, labels, position_ids=position_ids, **refs)
+            result = loss_fn.build_output(out.loss, chosen, rejected, metrics, *ref_pair if ref_pair else (None, None))
+        else:
+            half = logps.shape[0] // 2
+            result = loss_fn.from_sequence_logps(logps[:half], logps[half:], **refs, metrics=metrics)
+        aux_loss = out.aux_loss
+    else:
+        outputs = model(**policy_inputs, use_cache=False)
+        result = loss_fn(outputs.logits, labels, position_ids=position_ids, **refs)
+        aux_loss = getattr(outputs, "aux_loss", None)
+    if aux_loss_coef:
+        if aux_loss is None:
+            raise ValueError(f"{type(_unwrap(model)).__name__} returned no aux_loss with output_router_logits=True")
+        result.loss = result.loss + aux_loss_coef * aux_loss.to(result.loss.device)
+        result.metrics["aux_loss"] = float(aux_loss.detach())
+    return result
 
 
 def _trainer_base():
@@ -108,7 +140,10 @@ class PreferenceTrainer(_trainer_base()):
     the default :class:`~simper_rs.data.PreferenceCollator`, built from ``processing_class``),
     ``padding_free`` (pack each batch into one row without padding: same loss and gradients,
     no compute spent on padding; ``max_tokens_per_row`` packs into rows of at most that many
-    tokens instead, which keeps each row's quadratic attention cost down).
+    tokens instead, which keeps each row's quadratic attention cost down),
+    ``router_aux_loss_coef`` (Mixture-of-Experts models: the weight of the router load-balancing
+    loss added to the loss, as TRL's DPOTrainer adds it; default the model config's, 0.0 turns it
+    off; logged as ``aux_loss``).
     ``train_dataset`` / ``eval_dataset`` may be lists of records, a JSONL path or a
     ``datasets.Dataset``.
     """
@@ -127,6 +162,7 @@ class PreferenceTrainer(_trainer_base()):
         max_prompt_length: int = 256,
         padding_free: bool = False,
         max_tokens_per_row: Optional[int] = None,
+        router_aux_loss_coef: Optional[float] = None,
         data_collator=None,
         train_dataset=None,
         eval_dataset=None,
@@ -164,6 +200,7 @@ class PreferenceTrainer(_trainer_base()):
         )
         self.args.remove_unused_columns = False
         self.fused_linear = bool(fused_linear)
+        self.router_aux_loss_coef = resolve_aux_loss_coef(self.model, router_aux_loss_coef)
         self.ref_model = None
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -171,7 +208,9 @@ class PreferenceTrainer(_trainer_base()):
         self._stored_metrics: Dict[str, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = preference_loss(model, inputs, self.loss_fn, ref_model=self.ref_model, fused_linear=self.fused_linear)
+        out = preference_loss(
+            model, inputs, self.loss_fn, ref_model=self.ref_model, fused_linear=self.fused_linear, aux_loss_coef=self.router_aux_loss_coef
+        )
         split = "train" if model.training else "eval"
         for name, value in out.metrics.items():
             self._stored_metrics[split][name].append(value)

@@ -36,10 +36,10 @@ from typing import Optional
 import torch
 
 from . import _core
-from .head import add_logps_forward
-from .losses import ESTIMATORS, DILLoss, SimPERLoss
 from .data import pack_rows
-from .ops import _reduce_with_stats
+from .integrations.causal_lm import add_logps_forward
+from .losses import ESTIMATORS, DILLoss, SimPERLoss
+from .ops import reduce_with_stats
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
 
@@ -268,11 +268,6 @@ class _PreferenceLossTrainer(DPOTrainer):
         self._reference_free = self._is_reference_free(args)
         if self._reference_free and ref_model is not None:
             raise ValueError(f"{type(self).__name__} {self._reference_free_reason}: pass ref_model=None")
-        if args.router_aux_loss_coef:
-            raise ValueError(
-                f"router_aux_loss_coef={args.router_aux_loss_coef}: the MoE load-balancing loss is not supported by "
-                f"{type(self).__name__}; set it to 0.0"
-            )
         self._use_fused_linear = bool(args.use_fused_linear)  # read by the reference precompute inside __init__
         # TRL 1.16 turns padding_free off ("temporarily unavailable"); here it packs each batch
         # into one row with this package's collator and segment reductions.
@@ -305,11 +300,6 @@ class _PreferenceLossTrainer(DPOTrainer):
             )
         if self._reference_free and self.ref_model is not None:  # pragma: no cover - guards a TRL change
             raise RuntimeError(f"TRL {_import_trl().__version__} built a reference model; {type(self).__name__} must not have one")
-        if self.aux_loss_enabled:
-            raise ValueError(
-                f"{type(self.model).__name__} returns router logits for an auxiliary loss, which "
-                f"{type(self).__name__} does not add; set router_aux_loss_coef=0.0"
-            )
         add_logps_forward(self._backbone(self.model))
 
     # -- hooks for the concrete trainers
@@ -341,13 +331,15 @@ class _PreferenceLossTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         if with_loss:
             model_kwargs.update(simper_rs_loss=self._loss_module(), simper_rs_refs=refs)
+            if self.aux_loss_enabled:  # MoE: the model returns its router load-balancing loss (TRL's DPOTrainer does the same)
+                model_kwargs["output_router_logits"] = True
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
         if out.sequence_logps is not None:
             return out.sequence_logps, out
         device = out.token_logps.device
         # Packed batches: one average per packed sequence, chosen ones first.
         position_ids = inputs["position_ids"].to(device) if self._padding_free else None
-        logps, _ = _reduce_with_stats(out.token_logps, None, labels.to(device), -100, True, True, position_ids)
+        logps, _ = reduce_with_stats(out.token_logps, None, labels.to(device), -100, True, True, position_ids)
         return logps, out
 
     def compute_ref_log_probs(self, model, inputs):
@@ -390,7 +382,11 @@ class _PreferenceLossTrainer(DPOTrainer):
         refs = None if self._reference_free else (ref_chosen, ref_rejected)
         logps, out = self._sequence_logps(model, inputs, with_loss=True, refs=refs)
         chosen, rejected = logps.chunk(2, dim=0)
-        loss = out.loss if out.loss is not None else self._loss_module()._pair_loss(chosen, rejected, ref_chosen, ref_rejected)
+        loss = out.loss if out.loss is not None else self._loss_module().pair_loss(chosen, rejected, ref_chosen, ref_rejected)
+        if self.aux_loss_enabled:
+            # The router load-balancing loss, weighted and logged as TRL's DPOTrainer does.
+            loss = loss + self.router_aux_loss_coef * out.aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(out.aux_loss.detach()).mean().item())
         self._record_metrics(mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected)
         if return_outputs:  # TRL's deprecated compute_metrics path: it wants logits, which are not built here
             with torch.no_grad():

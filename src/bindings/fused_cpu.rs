@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::kernels::element::Logit;
 use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
+use crate::kernels::transform::LogitTransform;
 use crate::threads;
 use crate::bindings::torch::{accumulation_kind, dtype_name};
 
@@ -101,7 +102,7 @@ pub(crate) type ForwardTensors = (Tensor, Tensor, Tensor, Tensor);
 /// Fused forward on CPU for inputs the caller has validated (`fused_ops`; the fused-linear op checks
 /// its labels once, not once per chunk). The kernel still refuses out-of-range labels and short
 /// buffers.
-pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool) -> Result<ForwardTensors> {
+pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, transform: LogitTransform) -> Result<ForwardTensors> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();
@@ -121,13 +122,14 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
             stats: with_stats.then(|| (tensor_slice_mut(&mut entropy), tensor_slice_mut(&mut correct))),
         };
         let labels = tensor_slice::<i64>(&labels);
-        threads::install(|| logps::forward::<E>(&rows, labels, ignore_index, shift, out))?;
+        threads::install(|| logps::forward::<E>(&rows, labels, ignore_index, shift, transform, out))?;
         Ok(())
     })?;
     Ok((logps, lse, entropy, correct))
 }
 
-pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> Result<Tensor> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();
@@ -140,7 +142,7 @@ pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, ls
         let rows = logits_rows::<E>(&logits)?;
         let out = tensor_slice_mut::<E>(&mut grad);
         let (labels, upstream, lse) = (tensor_slice::<i64>(&labels), tensor_slice(&grad_logps), tensor_slice(&lse));
-        threads::install(|| logps::backward::<E>(&rows, labels, ignore_index, shift, upstream, lse, out))?;
+        threads::install(|| logps::backward::<E>(&rows, labels, ignore_index, shift, transform, upstream, lse, out))?;
         Ok(())
     })?;
     Ok(grad)
@@ -180,8 +182,8 @@ fn advise_huge_pages(tensor: &Tensor) {
 }
 
 /// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
-/// the gradient); `targets`, `grad_logps` and `lse` are `[n]`.
-pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_index: i64, grad_logps: &Tensor, lse: &Tensor) -> Result<()> {
+/// the gradient with respect to them, before `transform`); `targets`, `grad_logps` and `lse` are `[n]`.
+pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_index: i64, transform: LogitTransform, grad_logps: &Tensor, lse: &Tensor) -> Result<()> {
     require_cpu("logits", logits)?;
     if !logits.is_contiguous() || logits.dim() != 2 {
         return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
@@ -192,7 +194,7 @@ pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_in
     with_logit_type!(logits.kind(), E => {
         let rows = tensor_slice_mut::<E>(logits);
         let (labels, upstream, lse) = (tensor_slice::<i64>(&targets), tensor_slice(&grad_logps), tensor_slice(&lse));
-        threads::install(|| logps::backward_in_place::<E>(rows, vocab, labels, ignore_index, upstream, lse))?;
+        threads::install(|| logps::backward_in_place::<E>(rows, vocab, labels, ignore_index, transform, upstream, lse))?;
         Ok(())
     })
 }

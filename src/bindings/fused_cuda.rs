@@ -10,7 +10,8 @@ use std::ffi::c_void;
 use pyo3::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows};
+use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows, Transform};
+use crate::kernels::transform::LogitTransform;
 use crate::error::{Error, Result};
 use crate::bindings::fused_cpu::{rows_view, ForwardTensors};
 use crate::bindings::torch::dtype_name;
@@ -48,7 +49,8 @@ fn param<T>(value: &T) -> *mut c_void {
 
 /// Forward on CUDA after the caller's validation: (logps, lse, entropy, correct), float32 [B, T'].
 /// `logits` is [B, T, V] with any batch and position strides; `labels` [B, T].
-pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, stream: u64) -> Result<ForwardTensors> {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, transform: LogitTransform, stream: u64) -> Result<ForwardTensors> {
     let ordinal = cuda_ordinal("logits", logits)?;
     let element = element_kind(logits.kind())?;
     let logits = rows_view(logits);
@@ -65,10 +67,12 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
     let (logits_ptr, labels_ptr) = (logits.data_ptr(), labels.data_ptr());
     let (logps_ptr, lse_ptr, entropy_ptr, correct_ptr) = (logps.data_ptr(), lse.data_ptr(), entropy.data_ptr(), correct.data_ptr());
     let with_stats = with_stats as i32;
+    let transform = Transform::from(transform);
     let mut params = [
         param(&logits_ptr),
         param(&labels_ptr),
         param(&rows),
+        param(&transform),
         param(&ignore_index),
         param(&with_stats),
         param(&logps_ptr),
@@ -85,7 +89,7 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
 /// Backward on CUDA: the gradient of `logits`, [B, T, V] contiguous, written by `grad` rows of the
 /// kernel. `out` may be the logits themselves when they are a contiguous buffer the caller owns.
 #[allow(clippy::too_many_arguments)]
-fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, stream: u64) -> Result<()> {
+fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform, stream: u64) -> Result<()> {
     let ordinal = cuda_ordinal("logits", logits)?;
     let element = element_kind(logits.kind())?;
     let labels = labels.contiguous();
@@ -96,10 +100,12 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
     let kernels = kernels(ordinal)?;
     let (logits_ptr, labels_ptr, grad_logps_ptr, lse_ptr, out_ptr) = (logits.data_ptr(), labels.data_ptr(), grad_logps.data_ptr(), lse.data_ptr(), out.data_ptr());
     let positions = size[1];
+    let transform = Transform::from(transform);
     let mut params = [
         param(&logits_ptr),
         param(&labels_ptr),
         param(&rows),
+        param(&transform),
         param(&ignore_index),
         param(&grad_logps_ptr),
         param(&lse_ptr),
@@ -110,21 +116,22 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
     unsafe { kernels.launch(Kernel::Backward(element), size[0] * size[1], &mut params, stream as usize as _) }
 }
 
-pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, stream: u64) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform, stream: u64) -> Result<Tensor> {
     let logits = rows_view(logits);
     let grad = Tensor::empty(logits.size(), (logits.kind(), logits.device()));
-    backward_into(&grad, grad_logps, &logits, labels, lse, ignore_index, shift, stream)?;
+    backward_into(&grad, grad_logps, &logits, labels, lse, ignore_index, shift, transform, stream)?;
     Ok(grad)
 }
 
 /// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
-/// the gradient); `targets`, `grad_logps` and `lse` are `[n]`.
-pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index: i64, grad_logps: &Tensor, lse: &Tensor, stream: u64) -> Result<()> {
+/// the gradient with respect to them, before `transform`); `targets`, `grad_logps` and `lse` are `[n]`.
+pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index: i64, transform: LogitTransform, grad_logps: &Tensor, lse: &Tensor, stream: u64) -> Result<()> {
     if !logits.is_contiguous() || logits.dim() != 2 {
         return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
     }
     let rows = logits.unsqueeze(0);
-    backward_into(&rows, &grad_logps.unsqueeze(0), &rows, &targets.unsqueeze(0), &lse.unsqueeze(0), ignore_index, false, stream)
+    backward_into(&rows, &grad_logps.unsqueeze(0), &rows, &targets.unsqueeze(0), &lse.unsqueeze(0), ignore_index, false, transform, stream)
 }
 
 /// Why the CUDA kernel cannot run on device `ordinal`, or None when it is compiled, loaded and

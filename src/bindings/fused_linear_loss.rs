@@ -1,4 +1,4 @@
-//! Fused-linear preference losses with the gradients computed in the forward (SPEC §4).
+//! Fused-linear preference losses with the gradients computed in the forward (see docs/design.md).
 //!
 //! The log-prob op of `fused_linear.rs` is loss-agnostic: its backward must recompute every
 //! chunk's logits (h·Wᵀ), four matmuls per chunk in all. Every loss here is a function of each
@@ -19,7 +19,7 @@ use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::bindings::fused_linear::{accumulate_parameter_grads, check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits};
+use crate::bindings::fused_linear::{check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits, PositionOutputs, Projection, ProjectionGrads};
 use crate::losses::{self, Estimator, Reduction};
 use crate::bindings::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
 
@@ -108,16 +108,15 @@ fn unit_chunks(unit_rows: &[i64], target: i64) -> Vec<i64> {
     chunks
 }
 
-/// What the forward returns: token log-probs, logsumexp, entropy, correct (`[B, T']`, the
-/// statistics empty unless asked), and the gradients of the mean pair loss with respect to
-/// hidden (`[B, T, H]`), weight and bias (None where not needed).
-type PairLossForward = (Tensor, Tensor, Tensor, Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>);
+/// What the forward returns: token log-probs, logsumexp, entropy, correct, mean logit (`[B, T']`,
+/// the statistics and means empty unless asked), and the gradients of the mean pair loss with
+/// respect to hidden (`[B, T, H]`), weight, bias and the logit-scale tensor (None where not needed).
+type PairLossForward = (Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
 fn forward(
     hidden: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
+    projection: Projection<'_>,
     labels: &Tensor,
     position_ids: Option<&Tensor>,
     loss: PairLoss,
@@ -126,11 +125,12 @@ fn forward(
     shift: bool,
     chunk_size: Option<i64>,
     with_stats: bool,
-    needs: [bool; 3],
+    with_means: bool,
+    needs: [bool; 4],
     cuda_stream: Option<u64>,
 ) -> Result<PairLossForward> {
     let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
-    check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, chunk_size, position_ids.is_none())?;
+    check_linear_inputs(hidden, &projection, labels, ignore_index, shift, chunk_size, position_ids.is_none())?;
     let (seq_ids, counts) = sequences(labels, position_ids, ignore_index, shift)?;
     let sequences = counts.len() as i64;
     if sequences == 0 || sequences % 2 == 1 {
@@ -146,19 +146,13 @@ fn forward(
     };
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
-    let used = t - shift as i64;
     let device = hidden.device();
     let acc = accumulation_kind(hidden.kind());
     let options = (acc, device);
-    let mut logps = Tensor::zeros([b * used], options);
-    let mut lse = Tensor::zeros([b * used], options);
-    let stats_len = if with_stats { b * used } else { 0 };
-    let mut entropy = Tensor::zeros([stats_len], options);
-    let mut correct = Tensor::zeros([stats_len], options);
-    let [needs_hidden, needs_weight, needs_bias] = needs;
+    let mut outputs = PositionOutputs::new(hidden, shift, with_stats, with_means);
+    let [needs_hidden, needs_weight, needs_bias, needs_scale] = needs;
     let mut grad_hidden = needs_hidden.then(|| Tensor::zeros([b * t, h], (hidden.kind(), device)));
-    let mut grad_weight = needs_weight.then(|| Tensor::zeros(weight.size(), (acc, device)));
-    let mut grad_bias = bias.filter(|_| needs_bias).map(|bb| Tensor::zeros(bb.size(), (acc, device)));
+    let mut grads = ProjectionGrads::new(&projection, acc, [needs_weight, needs_bias, needs_scale]);
 
     // The labelled rows grouped by unit: a sequence, or a pair (chosen sequence p, rejected
     // sequence P + p) for a loss that is not separable; a stable sort keeps each unit's order.
@@ -173,9 +167,9 @@ fn forward(
     let (hidden_rows, output_rows, targets) = (rows.hidden_rows.index_select(0, &order), rows.output_rows.index_select(0, &order), rows.targets.index_select(0, &order));
     let row_sequence = row_sequence.index_select(0, &order);
     let total = output_rows.size()[0];
-    let chunks = unit_chunks(&unit_rows, chunk_rows(total, h, weight.size()[0], hidden.kind(), chunk_size));
+    let chunks = unit_chunks(&unit_rows, chunk_rows(total, h, projection.weight.size()[0], hidden.kind(), chunk_size));
     let widest = chunks.iter().copied().max().unwrap_or(1).max(1);
-    let chunked = ChunkedLogits::with_rows(hidden, weight, bias, widest, total);
+    let chunked = ChunkedLogits::with_rows(hidden, projection, widest, total);
 
     // ∂(mean over pairs)/∂ℓ_s, then per token of s divided by n_s, as autograd would through
     // the average and the mean: in the log-probs' dtype after the float64 loss formulas.
@@ -190,8 +184,8 @@ fn forward(
         start += n;
         let h_c = hidden_flat.index_select(0, &h_rows);
         let logits = chunked.logits(&h_c);
-        let (lp, ls, ent, cor) = chunk_softmax(&logits, &chunk_targets, ignore_index, with_stats, cuda_stream)?;
-        let (lp, ls) = (lp.reshape([-1]), ls.reshape([-1]));
+        let chunk = chunk_softmax(&logits, &chunk_targets, ignore_index, with_stats, with_means, projection.transform, cuda_stream)?;
+        let (lp, ls) = (chunk.0.reshape([-1]), chunk.1.reshape([-1]));
 
         // Every sequence's average from this chunk's tokens, on the host: complete for the chunk's
         // own sequences (the only ones whose gradients are read below), partial or 0 elsewhere.
@@ -201,40 +195,28 @@ fn forward(
         let seq_grads = (Tensor::cat(&[g_w, g_l], 0) * mean_scale).to_kind(acc) / &counts_acc;
         let g = seq_grads.to_device(device).index_select(0, &seq);
 
-        let row_grads = chunk_row_grads(logits, &chunk_targets, ignore_index, &g, &ls, cuda_stream)?;
+        let row_grads = chunk_row_grads(logits, &chunk_targets, ignore_index, projection.transform, &g, &ls, cuda_stream)?;
+        let row_grads = grads.accumulate(row_grads, &h_c, &projection);
         if let Some(gh) = &mut grad_hidden {
-            let _ = gh.index_copy_(0, &h_rows, &row_grads.matmul(weight));
+            let _ = gh.index_copy_(0, &h_rows, &row_grads.matmul(projection.weight));
         }
-        accumulate_parameter_grads(&row_grads, &h_c, grad_weight.as_mut(), grad_bias.as_mut());
-        let _ = logps.index_copy_(0, &out_rows, &lp);
-        let _ = lse.index_copy_(0, &out_rows, &ls);
-        if with_stats {
-            let _ = entropy.index_copy_(0, &out_rows, &ent.reshape([-1]));
-            let _ = correct.index_copy_(0, &out_rows, &cor.reshape([-1]));
-        }
+        outputs.store(&out_rows, &chunk);
     }
-    let shape = [b, used];
-    let stats_shape: &[i64] = if with_stats { &shape } else { &[0] };
-    Ok((
-        logps.reshape(shape),
-        lse.reshape(shape),
-        entropy.reshape(stats_shape),
-        correct.reshape(stats_shape),
-        grad_hidden.map(|gh| gh.reshape([b, t, h])),
-        grad_weight.map(|gw| gw.to_kind(weight.kind())),
-        grad_bias.map(|gb| gb.to_kind(weight.kind())),
-    ))
+    let (logps, lse, entropy, correct, means) = outputs.finish();
+    let (grad_weight, grad_bias, grad_scale) = grads.finish(&projection);
+    Ok((logps, lse, entropy, correct, means, grad_hidden.map(|gh| gh.reshape([b, t, h])), grad_weight, grad_bias, grad_scale))
 }
 
 /// Fused-linear pair loss forward with its gradients: (token log-probs, logsumexp, entropy,
-/// correct, grad hidden, grad weight, grad bias) for the mean over pairs of `loss` ("simper" or
-/// "dil" with `estimator` and `beta`) on a [chosen; rejected] batch (or packed sequences with
-/// `position_ids`, chosen ones first). `needs` = which of (hidden, weight, bias) get a gradient
-/// (None for the others). No autograd: see `simper_rs.fused_loss`.
+/// correct, mean logit, grad hidden, grad weight, grad bias, grad logit_scale_tensor) for the mean
+/// over pairs of `loss` ("simper" or "dil" with `estimator` and `beta`) on a [chosen; rejected]
+/// batch (or packed sequences with `position_ids`, chosen ones first). `needs` = which of
+/// (hidden, weight, bias, logit_scale_tensor) get a gradient (None for the others); the logit
+/// transform as in `linear_token_logps_forward`. No autograd: see `simper_rs.fused_loss`.
 #[pyfunction]
 #[pyo3(
-    signature = (hidden, weight, bias, labels, position_ids, loss, estimator = "lsif", beta = 1.0, ref_chosen_logps = None, ref_rejected_logps = None, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, needs = (true, true, true), cuda_stream = None),
-    text_signature = "(hidden, weight, bias, labels, position_ids, loss, estimator='lsif', beta=1.0, ref_chosen_logps=None, ref_rejected_logps=None, ignore_index=-100, shift=True, chunk_size=None, with_stats=False, needs=(True, True, True), cuda_stream=None)"
+    signature = (hidden, weight, bias, labels, position_ids, loss, estimator = "lsif", beta = 1.0, ref_chosen_logps = None, ref_rejected_logps = None, ignore_index = -100, shift = true, chunk_size = None, with_stats = false, needs = (true, true, true, true), cuda_stream = None, logit_scale = None, logit_scale_tensor = None, logit_softcap = None, with_means = false),
+    text_signature = "(hidden, weight, bias, labels, position_ids, loss, estimator='lsif', beta=1.0, ref_chosen_logps=None, ref_rejected_logps=None, ignore_index=-100, shift=True, chunk_size=None, with_stats=False, needs=(True, True, True, True), cuda_stream=None, logit_scale=None, logit_scale_tensor=None, logit_softcap=None, with_means=False)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_pair_loss_forward(
@@ -253,9 +235,13 @@ pub fn linear_pair_loss_forward(
     shift: bool,
     chunk_size: Option<i64>,
     with_stats: bool,
-    needs: (bool, bool, bool),
+    needs: (bool, bool, bool, bool),
     cuda_stream: Option<u64>,
-) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>)> {
+    logit_scale: Option<f64>,
+    logit_scale_tensor: Option<PyTensor>,
+    logit_softcap: Option<f64>,
+    with_means: bool,
+) -> PyResult<PyObject> {
     let loss = PairLoss::parse(loss, estimator, beta)?;
     if ref_chosen_logps.is_some() != ref_rejected_logps.is_some() {
         return Err(Error::value("ref_chosen_logps and ref_rejected_logps must be given together (both or neither)").into());
@@ -263,12 +249,15 @@ pub fn linear_pair_loss_forward(
     if ref_chosen_logps.is_some() && matches!(loss, PairLoss::Simper) {
         return Err(Error::value("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps").into());
     }
-    let needs = [needs.0, needs.1, needs.2];
-    let (lp, ls, ent, cor, gh, gw, gb) = py.allow_threads(move || {
+    let needs = [needs.0, needs.1, needs.2, needs.3];
+    let out = py.allow_threads(move || {
+        let projection = Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
         let refs = ref_chosen_logps.as_deref().zip(ref_rejected_logps.as_deref());
-        forward(&hidden, &weight, bias.as_deref(), &labels, position_ids.as_deref(), loss, refs, ignore_index, shift, chunk_size, with_stats, needs, cuda_stream)
+        forward(&hidden, projection, &labels, position_ids.as_deref(), loss, refs, ignore_index, shift, chunk_size, with_stats, with_means, needs, cuda_stream)
     })?;
-    Ok((PyTensor(lp), PyTensor(ls), PyTensor(ent), PyTensor(cor), gh.map(PyTensor), gw.map(PyTensor), gb.map(PyTensor)))
+    let (lp, ls, ent, cor, means, gh, gw, gb, gs) = out;
+    let values = (PyTensor(lp), PyTensor(ls), PyTensor(ent), PyTensor(cor), PyTensor(means), gh.map(PyTensor), gw.map(PyTensor), gb.map(PyTensor), gs.map(PyTensor));
+    Ok(values.into_pyobject(py)?.into_any().unbind())
 }
 
 #[cfg(test)]

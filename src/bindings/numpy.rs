@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernels::element::{Accum, Logit};
 use crate::kernels::logps::{self, ForwardOutputs, LogitsRows};
+use crate::kernels::transform::LogitTransform;
 use crate::losses::{self, Estimator, Reduction};
 use crate::threads;
 
@@ -72,7 +73,7 @@ where
             let mut logp = vec![<E::Acc as Accum>::ZERO; batch * used];
             let mut lse = logp.clone();
             let out = ForwardOutputs { logps: &mut logp, lse: &mut lse, stats: None };
-            threads::install(|| logps::forward(&rows, &labels, ignore_index, shift, out))?;
+            threads::install(|| logps::forward(&rows, &labels, ignore_index, shift, LogitTransform::Identity, out))?;
             let reduced = match average {
                 Some(average) => Some(logps::reduce_sequences(&logp, &labels, batch, positions, shift, ignore_index, average)?),
                 None => None,

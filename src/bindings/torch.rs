@@ -9,6 +9,7 @@ use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::transform::LogitTransform;
 use crate::losses::{self, Estimator, Reduction};
 
 pub(crate) fn dtype_name(kind: Kind) -> &'static str {
@@ -181,9 +182,25 @@ pub(crate) fn shifted_logits(logits: &Tensor, shift: bool) -> Tensor {
     }
 }
 
-/// Per-token log-probs through plain libtorch ops (autograd recorded by libtorch).
-pub(crate) fn reference_token_logps(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool) -> Tensor {
-    let x = shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind()));
+/// The logit transform of the public `logit_scale` and `logit_softcap` arguments (a scale, then
+/// a softcap c·tanh(z/c)), checked.
+pub(crate) fn logit_transform(logit_scale: Option<f64>, logit_softcap: Option<f64>) -> Result<LogitTransform> {
+    LogitTransform::from_parts(logit_scale, logit_softcap).map_err(Error::value)
+}
+
+/// t(x) through libtorch ops, in `x`'s dtype (autograd recorded by libtorch).
+pub(crate) fn apply_transform(x: &Tensor, transform: LogitTransform) -> Tensor {
+    match transform {
+        LogitTransform::Identity => x.shallow_clone(),
+        LogitTransform::Scale(s) => x * s,
+        LogitTransform::Softcap { scale, cap } => (x * (scale / cap)).tanh() * cap,
+    }
+}
+
+/// Per-token log-probs of log_softmax(t(logits)) through plain libtorch ops (autograd recorded
+/// by libtorch).
+pub(crate) fn reference_token_logps(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> Tensor {
+    let x = apply_transform(&shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind())), transform);
     let y = shifted_labels(labels, shift);
     let mask = y.ne(ignore_index);
     let safe = y.where_scalarother(&mask, 0);
@@ -202,15 +219,18 @@ pub(crate) fn reduce_to_sequences(token_logps: &Tensor, labels: &Tensor, ignore_
     total / count
 }
 
-/// Per-token log-probs through libtorch ops: `log_softmax(logits)[label]`, 0 where ignored.
+/// Per-token log-probs through libtorch ops: `log_softmax(t(logits))[label]`, 0 where ignored,
+/// for the transform t of `logit_scale` and `logit_softcap`.
 #[pyfunction]
 // Every signature with `ignore_index = -100` spells out its text_signature: pyo3 renders a negative
 // default as `...`, which help() shows and stubtest rejects.
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
-pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<PyTensor> {
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, logit_scale = None, logit_softcap = None), text_signature = "(logits, labels, ignore_index=-100, shift=True, logit_scale=None, logit_softcap=None)")]
+#[allow(clippy::too_many_arguments)]
+pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, logit_scale: Option<f64>, logit_softcap: Option<f64>) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || -> Result<Tensor> {
+        let transform = logit_transform(logit_scale, logit_softcap)?;
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
-        Ok(reference_token_logps(&logits, &labels, ignore_index, shift))
+        Ok(reference_token_logps(&logits, &labels, ignore_index, shift, transform))
     })?;
     Ok(PyTensor(out))
 }
@@ -434,10 +454,11 @@ pub fn preference_metrics<'py>(
     Ok(dict)
 }
 
-/// Per-token entropy and argmax == label (as 0/1) through libtorch ops, 0 where ignored.
-pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool) -> (Tensor, Tensor) {
+/// Per-token entropy and argmax == label (as 0/1) of t(logits) through libtorch ops, 0 where
+/// ignored.
+pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
-    let x = shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind()));
+    let x = apply_transform(&shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind())), transform);
     let y = shifted_labels(labels, shift);
     let mask = y.ne(ignore_index);
     let logp = x.log_softmax(-1, None);
@@ -451,11 +472,13 @@ pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_ind
 
 /// Per-token (entropy, argmax == label) through libtorch ops, each [B, T'], 0 where ignored.
 #[pyfunction]
-#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
-pub fn token_stats_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool) -> PyResult<(PyTensor, PyTensor)> {
+#[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, logit_scale = None, logit_softcap = None), text_signature = "(logits, labels, ignore_index=-100, shift=True, logit_scale=None, logit_softcap=None)")]
+#[allow(clippy::too_many_arguments)]
+pub fn token_stats_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, logit_scale: Option<f64>, logit_softcap: Option<f64>) -> PyResult<(PyTensor, PyTensor)> {
     let (entropy, correct) = py.allow_threads(move || -> Result<(Tensor, Tensor)> {
+        let transform = logit_transform(logit_scale, logit_softcap)?;
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
-        Ok(reference_token_stats(&logits, &labels, ignore_index, shift))
+        Ok(reference_token_stats(&logits, &labels, ignore_index, shift, transform))
     })?;
     Ok((PyTensor(entropy), PyTensor(correct)))
 }

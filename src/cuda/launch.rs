@@ -178,3 +178,24 @@ pub struct Rows {
     pub labels_stride: i64,
     pub shift: i64,
 }
+
+/// The logit transform as the kernel reads it, laid out as `struct Transform` in logps.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Transform {
+    pub kind: i32,
+    pub a: f32,
+    pub c: f32,
+    pub inv_c: f32,
+}
+
+impl From<crate::kernels::transform::LogitTransform> for Transform {
+    fn from(t: crate::kernels::transform::LogitTransform) -> Self {
+        use crate::kernels::transform::LogitTransform;
+        match t {
+            LogitTransform::Identity => Transform { kind: 0, a: 1.0, c: 1.0, inv_c: 1.0 },
+            LogitTransform::Scale(s) => Transform { kind: 1, a: s as f32, c: 1.0, inv_c: 1.0 },
+            LogitTransform::Softcap { scale, cap } => Transform { kind: 2, a: (scale / cap) as f32, c: cap as f32, inv_c: (1.0 / cap) as f32 },
+        }
+    }
+}

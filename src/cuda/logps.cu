@@ -1,6 +1,8 @@
 // Fused masked log-prob reduction on CUDA (SPEC §4), compiled at run time by NVRTC.
 //
-// One thread block per logits row (a position with a label). Forward: one read of the row with an
+// One thread block per logits row (a position with a label). Every logit z is read as t(z), the
+// model's logit transform (identity, a scale a·z, or a softcap c·tanh(a·z); see Transform below
+// and docs/design.md), and the backward returns the gradient with respect to z. Forward: one read of the row with an
 // online max/sum per thread (rescaled only when a 16-byte vector raises the max), then a
 // fixed-order tree reduction in shared memory: deterministic, no float atomics. Backward: one
 // read of the row and one write of its gradient, from the logsumexp the forward saved.
@@ -137,6 +139,39 @@ __device__ __forceinline__ i64 head_elements(const T* p, i64 n) {
     return head < n ? head : n;
 }
 
+// tanh from the fast exp2, branch-free: an odd polynomial below |x| = 0.25 (where 1 − 2/(e^{2|x|} + 1)
+// would cancel), that expression above (±1 for large |x|, NaN stays NaN). Same as the CPU kernel's.
+__device__ __forceinline__ float tanh_fast(float x) {
+    const float a = fabsf(x);
+    const float e = fast_exp2(2.f * a * LOG2E);
+    const float far = 1.f - 2.f / (e + 1.f);
+    const float a2 = a * a;
+    float p = fmaf(62.f / 2835.f, a2, -17.f / 315.f);
+    p = fmaf(p, a2, 2.f / 15.f);
+    p = fmaf(p, a2, -1.f / 3.f);
+    const float near = fmaf(p * a2, a, a);
+    return copysignf(a < 0.25f ? near : far, x);
+}
+
+// The logit transform t, laid out as `Transform` in launch.rs. kind 0: t(z) = z; 1: a·z;
+// 2: c·tanh(a·z) (a = scale / cap). The branch is uniform over the grid.
+struct Transform {
+    int kind;
+    float a, c, inv_c;
+    __device__ __forceinline__ float apply(float z) const {
+        if (kind == 0) return z;
+        if (kind == 1) return a * z;
+        return c * tanh_fast(a * z);
+    }
+    // t'(z) from y = t(z).
+    __device__ __forceinline__ float derivative(float y) const {
+        if (kind == 0) return 1.f;
+        if (kind == 1) return a;
+        const float q = y * inv_c;
+        return a * c * (1.f - q * q);
+    }
+};
+
 // Output position r (of the [batch, used] outputs) reads logits row (r / used, r % used).
 struct Rows {
     i64 used, vocab, batch_stride, position_stride;
@@ -193,7 +228,7 @@ __device__ __forceinline__ void merge(float& m, float& s, float& w, i64& arg, fl
 }
 
 template <int KIND, bool STATS>
-__device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index,
+__device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
                             float* logps, float* lse_out, float* entropy, float* correct) {
     typedef Elem<KIND> E;
     typedef typename E::T T;
@@ -216,7 +251,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     Online st;
     const i64 head = head_elements(row, V);
     for (i64 j = threadIdx.x; j < head; j += BLOCK) {
-        float x = E::get(row, j);
+        float x = tf.apply(E::get(row, j));
         st.template add<1, STATS>(&x, x, j);
     }
     const T* body = row + head;
@@ -229,6 +264,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
         for (int u = 0; u < UNROLL; ++u) {
             float x[E::PER_VEC];
             E::unpack(raw[u], x);
+            for (int k = 0; k < E::PER_VEC; ++k) x[k] = tf.apply(x[k]);
             float vmax = x[0]; int karg = 0;
             for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
             st.template add<E::PER_VEC, STATS>(x, vmax, head + (v0 + u * BLOCK) * E::PER_VEC + karg);
@@ -237,12 +273,13 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     for (; v0 < nvec; v0 += BLOCK) {
         float x[E::PER_VEC];
         E::unpack(load16(body + v0 * E::PER_VEC), x);
+        for (int k = 0; k < E::PER_VEC; ++k) x[k] = tf.apply(x[k]);
         float vmax = x[0]; int karg = 0;
         for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
         st.template add<E::PER_VEC, STATS>(x, vmax, head + v0 * E::PER_VEC + karg);
     }
     for (i64 j = head + nvec * E::PER_VEC + threadIdx.x; j < V; j += BLOCK) {
-        float x = E::get(row, j);
+        float x = tf.apply(E::get(row, j));
         st.template add<1, STATS>(&x, x, j);
     }
     sm[threadIdx.x] = st.m; ss[threadIdx.x] = st.s; sw[threadIdx.x] = st.w; sarg[threadIdx.x] = st.arg;
@@ -257,7 +294,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     if (threadIdx.x == 0) {
         const float nan = __int_as_float(0x7fc00000);
         float mx = sm[0], sum = ss[0], log_s = logf(sum);
-        float target = E::get(row, y);
+        float target = tf.apply(E::get(row, y));
         float lse = mx + log_s;
         if (row_nan) lse = nan;
         logps[r] = row_nan ? nan : (target - mx) - log_s;
@@ -269,11 +306,17 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     }
 }
 
-// The gradient of one logits row: g·(onehot(y) − exp(x − lse)), into a contiguous [.., V] buffer
+// One element of a row's gradient: g·(onehot − exp(t(z) − lse))·t'(z).
+__device__ __forceinline__ float element_grad(const Transform& tf, float z, bool is_label, float g, float l) {
+    const float y = tf.apply(z);
+    return g * ((is_label ? 1.f : 0.f) - fast_exp2((y - l) * LOG2E)) * tf.derivative(y);
+}
+
+// The gradient of one logits row: g·(onehot(y) − exp(t(z) − lse))·t'(z), into a contiguous [.., V] buffer
 // (which may be the logits row itself: every element is read before it is written, by the same
 // thread). Ignored rows (and the last position when shifting) get zeros.
 template <int KIND>
-__device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index,
+__device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
                              const float* grad_logps, const float* lse, typename Elem<KIND>::T* grad, i64 positions) {
     typedef Elem<KIND> E;
     typedef typename E::T T;
@@ -286,8 +329,8 @@ __device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* la
     const float g = zero ? 0.f : grad_logps[r];
     const float l = zero ? 0.f : lse[r];
     const T* in = logits + b * rows.batch_stride + t * rows.position_stride;
-    // p = exp(x − lse); an out-of-range y (NaN lse from the forward) gives NaN, not a wild write.
-    #define GRAD(x, j) (zero ? 0.f : g * (((j) == y ? 1.f : 0.f) - fast_exp2(((x) - l) * LOG2E)))
+    // p = exp(t(z) − lse); an out-of-range y (NaN lse from the forward) gives NaN, not a wild write.
+    #define GRAD(x, j) (zero ? 0.f : element_grad(tf, x, (j) == y, g, l))
     const bool same_alignment = (((u64)in ^ (u64)out) & 15u) == 0;
     const i64 head = same_alignment ? head_elements(out, V) : V;
     for (i64 j = threadIdx.x; j < head; j += BLOCK) {
@@ -327,15 +370,15 @@ __device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* la
 
 #define INSTANTIATE(NAME, KIND)                                                                                  \
     extern "C" __global__ void __launch_bounds__(BLOCK) logps_forward_##NAME(                                    \
-        const Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index, int with_stats,            \
+        const Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index, int with_stats, \
         float* logps, float* lse, float* entropy, float* correct) {                                              \
-        if (with_stats) forward_row<KIND, true>(logits, labels, rows, ignore_index, logps, lse, entropy, correct); \
-        else forward_row<KIND, false>(logits, labels, rows, ignore_index, logps, lse, entropy, correct);          \
+        if (with_stats) forward_row<KIND, true>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct); \
+        else forward_row<KIND, false>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct);      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(BLOCK) logps_backward_##NAME(                                   \
-        const Elem<KIND>::T* logits, const i64* labels, Rows rows, i64 ignore_index, const float* grad_logps,   \
-        const float* lse, Elem<KIND>::T* grad, i64 positions) {                                                  \
-        backward_row<KIND>(logits, labels, rows, ignore_index, grad_logps, lse, grad, positions);               \
+        const Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,              \
+        const float* grad_logps, const float* lse, Elem<KIND>::T* grad, i64 positions) {                         \
+        backward_row<KIND>(logits, labels, rows, tf, ignore_index, grad_logps, lse, grad, positions);           \
     }
 
 INSTANTIATE(f32, 0)

@@ -19,6 +19,7 @@ pub trait Accum:
     const ONE: Self;
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
+    fn tanh(self) -> Self;
     fn ln(self) -> Self;
     fn is_nan(self) -> bool;
     fn from_f64(value: f64) -> Self;
@@ -27,10 +28,10 @@ pub trait Accum:
     fn max(self, other: Self) -> Self;
 }
 
-/// float32 and float64 implement [`Accum`] alike, but for their exp: the vectorisable
-/// approximation for float32, std's for float64 (used for gradcheck and numpy, not speed).
+/// float32 and float64 implement [`Accum`] alike, but for their exp and tanh: the vectorisable
+/// approximations for float32, std's for float64 (used for gradcheck and numpy, not speed).
 macro_rules! impl_accum {
-    ($t:ident, $exp:expr) => {
+    ($t:ident, $exp:expr, $tanh:expr) => {
         impl Accum for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -38,6 +39,10 @@ macro_rules! impl_accum {
             #[inline(always)]
             fn exp(self) -> Self {
                 $exp(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                $tanh(self)
             }
             fn ln(self) -> Self {
                 $t::ln(self)
@@ -63,8 +68,8 @@ macro_rules! impl_accum {
     };
 }
 
-impl_accum!(f32, super::fastexp::exp_f32);
-impl_accum!(f64, f64::exp);
+impl_accum!(f32, super::fastexp::exp_f32, super::fastexp::tanh_f32);
+impl_accum!(f64, f64::exp, f64::tanh);
 
 /// A logits element: loaded into, and stored from, its accumulation type.
 pub trait Logit: Copy + Send + Sync + 'static {

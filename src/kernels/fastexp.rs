@@ -6,6 +6,9 @@
 //!
 //! The polynomial uses `mul_add`: one instruction where FMA is enabled (the kernels' AVX2 and
 //! aarch64 builds); x86-64 CPUs without FMA (before 2013) take a slower libm call.
+//!
+//! `tanh_f32` (for softcapped logits) is built on it: an odd polynomial near 0, where
+//! 1 − 2/(e^{2|x|} + 1) would cancel, and that expression elsewhere.
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_751_953_125; // ln 2 split so that n·LN2_HI is exact
@@ -41,6 +44,26 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// Below this |x| the odd Taylor polynomial of tanh is used (its first dropped term is under
+/// 1e-9 there); above it 1 − 2/(e^{2|x|} + 1) has no cancellation to speak of.
+const TANH_SERIES_BELOW: f32 = 0.25;
+
+/// A branch-free float32 tanh that LLVM vectorises: within 2e-7 of the exact value (absolute,
+/// and relative near 0); ±1 for large |x|, NaN stays NaN.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let e = exp_f32(2.0 * a); // +inf for large a: 1 − 2/inf = 1
+    let far = 1.0 - 2.0 / (e + 1.0);
+    let a2 = a * a;
+    let p = (62.0 / 2835.0f32).mul_add(a2, -17.0 / 315.0);
+    let p = p.mul_add(a2, 2.0 / 15.0);
+    let p = p.mul_add(a2, -1.0 / 3.0);
+    let near = (p * a2).mul_add(a, a);
+    let r = if a < TANH_SERIES_BELOW { near } else { far };
+    r.copysign(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +77,27 @@ mod tests {
             assert!(ulp <= 2, "exp({x}) = {got}, std gives {want} ({ulp} ulp)");
             x += 0.0137;
         }
+    }
+
+    #[test]
+    fn tanh_matches_std_tanh() {
+        // relative error near 0 (the series), absolute elsewhere (|tanh| > 0.24 there)
+        let tolerance = |x: f32, want: f64| if x.abs() < TANH_SERIES_BELOW { 3e-7 * want.abs() } else { 3e-7 };
+        let mut x = -20.0f32;
+        while x < 20.0 {
+            let (got, want) = (tanh_f32(x) as f64, (x as f64).tanh());
+            assert!((got - want).abs() <= tolerance(x, want), "tanh({x}) = {got}, std gives {want}");
+            x += 0.00731;
+        }
+        for x in [1e-30f32, -1e-8, 1e-4, 0.2499, 0.25, 0.2501, -0.25] {
+            let (got, want) = (tanh_f32(x) as f64, (x as f64).tanh());
+            assert!((got - want).abs() <= tolerance(x, want), "tanh({x}) = {got}, std gives {want}");
+        }
+        assert_eq!(tanh_f32(0.0), 0.0);
+        assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+        assert_eq!(tanh_f32(100.0), 1.0);
+        assert!(tanh_f32(f32::NAN).is_nan());
     }
 
     #[test]

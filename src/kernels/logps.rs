@@ -1,9 +1,10 @@
 //! The fused masked log-prob reduction of SPEC §4, on slices.
 //!
-//! Forward, per row x (the logits that predict one label y): m = max x, s = Σ exp(x − m),
+//! Forward, per row x (the logits that predict one label y, after the row's logit transform
+//! t, see [`super::transform`], which the identity compiles away): m = max x, s = Σ exp(x − m),
 //! lse = m + ln s, logp = x[y] − lse; optionally the entropy ln s − Σ (x−m)·exp(x−m)/s and
-//! whether argmax x == y. Backward: grad x = g·(onehot(y) − exp(x − lse)), written into a fresh
-//! buffer. Ignored rows (label == ignore_index) output 0 and never read their logits.
+//! whether argmax x == y. Backward: grad z = g·(onehot(y) − exp(x − lse))·t'(z) for x = t(z),
+//! written into a fresh buffer. Ignored rows (label == ignore_index) output 0 and never read their logits.
 //!
 //! The forward reads each row once: per-lane running maxima and sums, rescaled when a lane's max
 //! grows (see [`row_online`]). Each row is reduced sequentially in a fixed lane order, so results
@@ -11,6 +12,8 @@
 use rayon::prelude::*;
 
 use super::element::{Accum, Logit};
+use super::transform::{LogitTransform, Plain, RowTransform};
+use crate::with_row_transform;
 
 /// Why a kernel refused its arguments (the bindings validate first; this is the last line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub enum KernelError {
     BadLayout(String),
     /// A row has no response tokens, so it has no average log-probability.
     EmptyRow { row: usize },
+    /// A logit transform's parameters are out of range (a softcap that is not positive, ...).
+    BadTransform(String),
 }
 
 impl std::fmt::Display for KernelError {
@@ -35,7 +40,7 @@ impl std::fmt::Display for KernelError {
                 f,
                 "labels[{batch}, {position}] = {value} is outside the vocabulary [0, {vocab}) and is not ignore_index"
             ),
-            KernelError::BadLayout(msg) => f.write_str(msg),
+            KernelError::BadLayout(msg) | KernelError::BadTransform(msg) => f.write_str(msg),
             KernelError::EmptyRow { row } => write!(
                 f,
                 "row {row} of labels has no response tokens (every label is ignore_index), so its average log-probability is undefined"
@@ -151,12 +156,12 @@ fn rescale<A: Accum>(m: A, new_m: A, s: A, sw: A) -> (A, A) {
 /// lane, then the exp sweep over data that is still in L1. One exp per element, one pass over
 /// memory.
 #[inline(always)]
-fn fold_block<E: Logit, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: &[E]) {
+fn fold_block<E: Logit, T: RowTransform<E::Acc>, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: &[E], t: T) {
     let zero = E::Acc::ZERO;
     let mut block_max = state.max;
     for chunk in block.chunks_exact(LANES) {
         for i in 0..LANES {
-            block_max[i] = block_max[i].max(chunk[i].load());
+            block_max[i] = block_max[i].max(t.apply(chunk[i].load()));
         }
     }
     for i in 0..LANES {
@@ -169,7 +174,7 @@ fn fold_block<E: Logit, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: 
     state.max = block_max;
     for chunk in block.chunks_exact(LANES) {
         for i in 0..LANES {
-            let x = chunk[i].load();
+            let x = t.apply(chunk[i].load());
             let d = x - block_max[i];
             // A lane that has seen only −inf has max −inf and d = NaN: its −inf adds 0.
             let e = if x == E::Acc::NEG_INFINITY { zero } else { d.exp() };
@@ -185,19 +190,19 @@ fn fold_block<E: Logit, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: 
 /// max x, Σ exp(x − max) and (with `WEIGHTED`) Σ (x − max)·exp(x − max) of one row in a single
 /// pass. The lanes are combined in a fixed order, so the result depends only on the row.
 #[inline(always)]
-fn row_online<E: Logit, const WEIGHTED: bool>(row: &[E]) -> (E::Acc, E::Acc, E::Acc) {
+fn row_online<E: Logit, T: RowTransform<E::Acc>, const WEIGHTED: bool>(row: &[E], t: T) -> (E::Acc, E::Acc, E::Acc) {
     let zero = E::Acc::ZERO;
     let mut state = Lanes { max: [E::Acc::NEG_INFINITY; LANES], sum: [zero; LANES], weighted: [zero; LANES] };
     let whole = row.len() / LANES * LANES;
     for block in row[..whole].chunks(BLOCK) {
-        fold_block::<E, WEIGHTED>(&mut state, block);
+        fold_block::<E, T, WEIGHTED>(&mut state, block, t);
     }
     // The last partial chunk, padded with −inf (which adds exp(−inf) = 0 and weight 0).
     let tail = &row[whole..];
     if !tail.is_empty() {
         let mut padded = [E::Acc::NEG_INFINITY; LANES];
         for (p, x) in padded.iter_mut().zip(tail) {
-            *p = x.load();
+            *p = t.apply(x.load());
         }
         let mut m = state.max;
         for i in 0..LANES {
@@ -235,14 +240,14 @@ pub struct RowForward<A> {
 }
 
 #[inline(always)]
-fn forward_row_impl<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
-    let (m, s, sw) = if stats { row_online::<E, true>(row) } else { row_online::<E, false>(row) };
+fn forward_row_impl<E: Logit, T: RowTransform<E::Acc>>(row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
+    let (m, s, sw) = if stats { row_online::<E, T, true>(row, t) } else { row_online::<E, T, false>(row, t) };
     let log_s = s.ln();
     let lse = m + log_s;
-    let target = row[label].load();
+    let target = t.apply(row[label].load());
     let (entropy, correct) = if stats {
         // argmax is the first maximal index, as torch.argmax.
-        let correct = target == m && !row[..label].iter().any(|x| x.load() == m);
+        let correct = target == m && !row[..label].iter().any(|x| t.apply(x.load()) == m);
         (log_s - sw / s, correct)
     } else {
         (E::Acc::ZERO, false)
@@ -252,23 +257,36 @@ fn forward_row_impl<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForwar
     RowForward { logp: (target - m) - log_s, lse, entropy, correct }
 }
 
+/// −g·softmax(t(z))·t'(z) for one element z (the label's entry adds g·t'(z) to it).
 #[inline(always)]
-fn backward_row_impl<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+fn element_grad<A: Accum, T: RowTransform<A>>(z: A, grad: A, lse: A, t: T) -> A {
+    let y = t.apply(z);
+    -(grad * (y - lse).exp()) * t.derivative(z, y)
+}
+
+/// The label's entry: g·(1 − p)·t'(z).
+#[inline(always)]
+fn label_grad<A: Accum, T: RowTransform<A>>(z: A, grad: A, lse: A, t: T) -> A {
+    let y = t.apply(z);
+    grad * (A::ONE - (y - lse).exp()) * t.derivative(z, y)
+}
+
+#[inline(always)]
+fn backward_row_impl<E: Logit, T: RowTransform<E::Acc>>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
     for (o, &x) in out.iter_mut().zip(row) {
-        *o = E::store(-(grad * (x.load() - lse).exp()));
+        *o = E::store(element_grad(x.load(), grad, lse, t));
     }
-    let p = (row[label].load() - lse).exp();
-    out[label] = E::store(grad * (E::Acc::ONE - p));
+    out[label] = E::store(label_grad(row[label].load(), grad, lse, t));
 }
 
 /// [`backward_row_impl`] over a row that holds the logits on entry and the gradient on exit.
 #[inline(always)]
-fn backward_row_in_place_impl<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
-    let p = (row[label].load() - lse).exp();
+fn backward_row_in_place_impl<E: Logit, T: RowTransform<E::Acc>>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+    let label_value = label_grad(row[label].load(), grad, lse, t);
     for x in row.iter_mut() {
-        *x = E::store(-(grad * (x.load() - lse).exp()));
+        *x = E::store(element_grad(x.load(), grad, lse, t));
     }
-    row[label] = E::store(grad * (E::Acc::ONE - p));
+    row[label] = E::store(label_value);
 }
 
 /// A compilation of the row code. Wheels target baseline x86-64; the same Rust is compiled again
@@ -342,20 +360,20 @@ macro_rules! row_code {
     ($forward:ident, $backward:ident, $in_place:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $forward<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
-            forward_row_impl(row, label, stats)
+        unsafe fn $forward<E: Logit, T: RowTransform<E::Acc>>(row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
+            forward_row_impl(row, label, stats, t)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $backward<E: Logit>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
-            backward_row_impl(row, out, label, grad, lse)
+        unsafe fn $backward<E: Logit, T: RowTransform<E::Acc>>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+            backward_row_impl(row, out, label, grad, lse, t)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $in_place<E: Logit>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
-            backward_row_in_place_impl(row, label, grad, lse)
+        unsafe fn $in_place<E: Logit, T: RowTransform<E::Acc>>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+            backward_row_in_place_impl(row, label, grad, lse, t)
         }
     };
 }
@@ -376,43 +394,48 @@ pub fn forward_row<E: Logit>(row: &[E], label: usize, stats: bool) -> RowForward
 /// [`forward_row`] with a given compilation (falls back to the baseline where `code` is not
 /// available on this CPU).
 pub fn forward_row_with<E: Logit>(code: RowCode, row: &[E], label: usize, stats: bool) -> RowForward<E::Acc> {
+    forward_row_transformed(code, row, label, stats, Plain)
+}
+
+/// [`forward_row_with`] of the transformed row t(z).
+pub fn forward_row_transformed<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
     assert!(label < row.len(), "label {label} outside a row of {}", row.len());
     #[cfg(target_arch = "x86_64")]
     if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
         match code {
-            RowCode::Avx512 => return unsafe { forward_row_avx512(row, label, stats) },
-            RowCode::Avx2 => return unsafe { forward_row_avx2(row, label, stats) },
+            RowCode::Avx512 => return unsafe { forward_row_avx512(row, label, stats, t) },
+            RowCode::Avx2 => return unsafe { forward_row_avx2(row, label, stats, t) },
             RowCode::Baseline => {}
         }
     }
-    forward_row_impl(row, label, stats)
+    forward_row_impl(row, label, stats, t)
 }
 
-fn backward_row<E: Logit>(code: RowCode, row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+fn backward_row<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
     #[cfg(target_arch = "x86_64")]
     if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
         match code {
-            RowCode::Avx512 => return unsafe { backward_row_avx512(row, out, label, grad, lse) },
-            RowCode::Avx2 => return unsafe { backward_row_avx2(row, out, label, grad, lse) },
+            RowCode::Avx512 => return unsafe { backward_row_avx512(row, out, label, grad, lse, t) },
+            RowCode::Avx2 => return unsafe { backward_row_avx2(row, out, label, grad, lse, t) },
             RowCode::Baseline => {}
         }
     }
-    backward_row_impl(row, out, label, grad, lse)
+    backward_row_impl(row, out, label, grad, lse, t)
 }
 
-fn backward_row_in_place<E: Logit>(code: RowCode, row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc) {
+fn backward_row_in_place<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
     #[cfg(target_arch = "x86_64")]
     if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
         match code {
-            RowCode::Avx512 => return unsafe { backward_row_in_place_avx512(row, label, grad, lse) },
-            RowCode::Avx2 => return unsafe { backward_row_in_place_avx2(row, label, grad, lse) },
+            RowCode::Avx512 => return unsafe { backward_row_in_place_avx512(row, label, grad, lse, t) },
+            RowCode::Avx2 => return unsafe { backward_row_in_place_avx2(row, label, grad, lse, t) },
             RowCode::Baseline => {}
         }
     }
-    backward_row_in_place_impl(row, label, grad, lse)
+    backward_row_in_place_impl(row, label, grad, lse, t)
 }
 
 /// Outputs of [`forward`], each `[batch, labelled positions]` (row-major, contiguous).
@@ -430,14 +453,16 @@ fn rows_per_task(vocab: usize) -> usize {
 
 /// Fused forward. `labels` is `[batch, positions]` contiguous; with `shift` the logits at
 /// position t predict the label at t + 1, and outputs have `positions - 1` columns.
+/// The log-probs are those of log_softmax(t(logits)) for the logit `transform` t.
 pub fn forward<E: Logit>(
     logits: &LogitsRows<'_, E>,
     labels: &[i64],
     ignore_index: i64,
     shift: bool,
+    transform: LogitTransform,
     out: ForwardOutputs<'_, E::Acc>,
 ) -> Result<(), KernelError> {
-    forward_with(RowCode::selected(), logits, labels, ignore_index, shift, out)
+    forward_with(RowCode::selected(), logits, labels, ignore_index, shift, transform, out)
 }
 
 /// [`forward`] with a given compilation of the row code.
@@ -447,8 +472,10 @@ pub fn forward_with<E: Logit>(
     labels: &[i64],
     ignore_index: i64,
     shift: bool,
+    transform: LogitTransform,
     out: ForwardOutputs<'_, E::Acc>,
 ) -> Result<(), KernelError> {
+    let transform = transform.validate().map_err(KernelError::BadTransform)?;
     let (batch, positions, vocab) = (logits.batch, logits.positions, logits.vocab);
     let used = labelled_positions(positions, shift)?;
     check_labels(labels, batch, positions, vocab, shift, ignore_index)?;
@@ -462,15 +489,17 @@ pub fn forward_with<E: Logit>(
         }
     }
     let stats = out.stats.is_some();
-    let results: Vec<Option<RowForward<E::Acc>>> = (0..rows)
-        .into_par_iter()
-        .with_min_len(rows_per_task(vocab))
-        .map(|r| {
-            let (b, t) = (r / used, r % used);
-            let label = labels[b * positions + t + shift as usize];
-            (label != ignore_index).then(|| forward_row_with(code, logits.row(b, t), label as usize, stats))
-        })
-        .collect();
+    let results: Vec<Option<RowForward<E::Acc>>> = with_row_transform!(transform, E::Acc, tf => {
+        (0..rows)
+            .into_par_iter()
+            .with_min_len(rows_per_task(vocab))
+            .map(|r| {
+                let (b, t) = (r / used, r % used);
+                let label = labels[b * positions + t + shift as usize];
+                (label != ignore_index).then(|| forward_row_transformed(code, logits.row(b, t), label as usize, stats, tf))
+            })
+            .collect()
+    });
     let zero = E::Acc::ZERO;
     for (r, result) in results.iter().enumerate() {
         let row = result.unwrap_or(RowForward { logp: zero, lse: zero, entropy: zero, correct: false });
@@ -487,18 +516,20 @@ pub fn forward_with<E: Logit>(
 }
 
 /// Fused backward into `grad` (`[batch, positions, vocab]`, contiguous, fully overwritten).
-/// `grad_logps` and `lse` are `[batch, labelled positions]` as [`forward`] produced them.
+/// `grad_logps` and `lse` are `[batch, labelled positions]` as [`forward`] produced them with
+/// the same `transform`; `grad` is the gradient with respect to the untransformed logits.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: Logit>(
     logits: &LogitsRows<'_, E>,
     labels: &[i64],
     ignore_index: i64,
     shift: bool,
+    transform: LogitTransform,
     grad_logps: &[E::Acc],
     lse: &[E::Acc],
     grad: &mut [E],
 ) -> Result<(), KernelError> {
-    backward_with(RowCode::selected(), logits, labels, ignore_index, shift, grad_logps, lse, grad)
+    backward_with(RowCode::selected(), logits, labels, ignore_index, shift, transform, grad_logps, lse, grad)
 }
 
 /// [`backward`] with a given compilation of the row code.
@@ -509,10 +540,12 @@ pub fn backward_with<E: Logit>(
     labels: &[i64],
     ignore_index: i64,
     shift: bool,
+    transform: LogitTransform,
     grad_logps: &[E::Acc],
     lse: &[E::Acc],
     grad: &mut [E],
 ) -> Result<(), KernelError> {
+    let transform = transform.validate().map_err(KernelError::BadTransform)?;
     let (batch, positions, vocab) = (logits.batch, logits.positions, logits.vocab);
     let used = labelled_positions(positions, shift)?;
     check_labels(labels, batch, positions, vocab, shift, ignore_index)?;
@@ -530,36 +563,40 @@ pub fn backward_with<E: Logit>(
         return Ok(());
     }
     let zero = E::store(E::Acc::ZERO);
-    grad.par_chunks_mut(vocab)
-        .with_min_len(rows_per_task(vocab))
-        .enumerate()
-        .for_each(|(r, out)| {
-            let (b, t) = (r / positions, r % positions);
-            // The last position predicts nothing when shifting; ignored labels get no gradient.
-            let label = if t < used { labels[b * positions + t + shift as usize] } else { ignore_index };
-            if label == ignore_index {
-                out.fill(zero);
-            } else {
-                let p = b * used + t;
-                backward_row(code, logits.row(b, t), out, label as usize, grad_logps[p], lse[p]);
-            }
-        });
+    with_row_transform!(transform, E::Acc, tf => {
+        grad.par_chunks_mut(vocab)
+            .with_min_len(rows_per_task(vocab))
+            .enumerate()
+            .for_each(|(r, out)| {
+                let (b, t) = (r / positions, r % positions);
+                // The last position predicts nothing when shifting; ignored labels get no gradient.
+                let label = if t < used { labels[b * positions + t + shift as usize] } else { ignore_index };
+                if label == ignore_index {
+                    out.fill(zero);
+                } else {
+                    let p = b * used + t;
+                    backward_row(code, logits.row(b, t), out, label as usize, grad_logps[p], lse[p], tf);
+                }
+            })
+    });
     Ok(())
 }
 
 /// Backward in place over contiguous rows `[labels.len(), vocab]` that hold logits on entry
 /// (a buffer the caller owns, such as one chunk of the fused-linear op): each row becomes
-/// g·(onehot(y) − exp(x − lse)), or zeros where its label is `ignore_index`. Saves a second
-/// logits-sized buffer where the logits are not needed afterwards.
+/// g·(onehot(y) − exp(t(z) − lse))·t'(z), or zeros where its label is `ignore_index`. Saves a
+/// second logits-sized buffer where the logits are not needed afterwards.
 pub fn backward_in_place<E: Logit>(
     rows: &mut [E],
     vocab: usize,
     labels: &[i64],
     ignore_index: i64,
+    transform: LogitTransform,
     grad_logps: &[E::Acc],
     lse: &[E::Acc],
 ) -> Result<(), KernelError> {
     let code = RowCode::selected();
+    let transform = transform.validate().map_err(KernelError::BadTransform)?;
     let n = labels.len();
     check_labels(labels, n, 1, vocab, false, ignore_index)?;
     for (name, len) in [("grad_logps", grad_logps.len()), ("lse", lse.len())] {
@@ -574,12 +611,14 @@ pub fn backward_in_place<E: Logit>(
         return Ok(());
     }
     let zero = E::store(E::Acc::ZERO);
-    rows.par_chunks_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each(|(r, row)| {
-        if labels[r] == ignore_index {
-            row.fill(zero);
-        } else {
-            backward_row_in_place(code, row, labels[r] as usize, grad_logps[r], lse[r]);
-        }
+    with_row_transform!(transform, E::Acc, tf => {
+        rows.par_chunks_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each(|(r, row)| {
+            if labels[r] == ignore_index {
+                row.fill(zero);
+            } else {
+                backward_row_in_place(code, row, labels[r] as usize, grad_logps[r], lse[r], tf);
+            }
+        })
     });
     Ok(())
 }
@@ -665,7 +704,7 @@ mod tests {
         let n = c.batch * (c.positions - shift as usize);
         let zero = E::Acc::ZERO;
         let (mut lp, mut lse, mut ent, mut cor) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
-        forward_with(code, &rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+        forward_with(code, &rows, &c.labels, -100, shift, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
         let f = |v: Vec<E::Acc>| v.into_iter().map(|x| x.to_f64()).collect();
         (f(lp), f(lse), f(ent), f(cor))
     }
@@ -810,7 +849,7 @@ mod tests {
         }
         let rows = LogitsRows::new(&wide, [2, 5, 9], [70, 12]).unwrap();
         let (mut lp, mut lse) = (vec![0f32; 8], vec![0f32; 8]);
-        forward(&rows, &c.labels, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        forward(&rows, &c.labels, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
         let (want, ..) = run_forward::<f32>(&c, true);
         assert_close(&lp.iter().map(|&x| x as f64).collect::<Vec<_>>(), &want, 0.0);
     }
@@ -824,10 +863,10 @@ mod tests {
             let used = 4 - shift as usize;
             let n = 2 * used;
             let (mut lp, mut lse) = (vec![0.0; n], vec![0.0; n]);
-            forward(&rows, &c.labels, -100, shift, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+            forward(&rows, &c.labels, -100, shift, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
             let upstream: Vec<f64> = (0..n).map(|i| 0.3 + i as f64).collect();
             let mut grad = vec![f64::NAN; 2 * 4 * vocab];
-            backward_with(code, &rows, &c.labels, -100, shift, &upstream, &lse, &mut grad).unwrap();
+            backward_with(code, &rows, &c.labels, -100, shift, LogitTransform::Identity, &upstream, &lse, &mut grad).unwrap();
             for b in 0..2 {
                 for t in 0..4 {
                     let g = &grad[(b * 4 + t) * vocab..(b * 4 + t + 1) * vocab];
@@ -854,12 +893,12 @@ mod tests {
         let rows = LogitsRows::contiguous(&c.logits, [1, 6, 37]).unwrap();
         let labels: Vec<i64> = c.labels.clone();
         let (mut lp, mut lse) = (vec![0.0; 6], vec![0.0; 6]);
-        forward(&rows, &labels, -100, false, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        forward(&rows, &labels, -100, false, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
         let upstream: Vec<f64> = (0..6).map(|i| 1.0 - 0.3 * i as f64).collect();
         let mut want = vec![0.0; 6 * 37];
-        backward(&rows, &labels, -100, false, &upstream, &lse, &mut want).unwrap();
+        backward(&rows, &labels, -100, false, LogitTransform::Identity, &upstream, &lse, &mut want).unwrap();
         let mut in_place = c.logits.clone();
-        backward_in_place(&mut in_place, 37, &labels, -100, &upstream, &lse).unwrap();
+        backward_in_place(&mut in_place, 37, &labels, -100, LogitTransform::Identity, &upstream, &lse).unwrap();
         assert_eq!(in_place, want);
     }
 
@@ -884,6 +923,89 @@ mod tests {
         assert_eq!(reduce_sequences(&tokens, &empty, 2, 4, true, -100, true).unwrap_err(), KernelError::EmptyRow { row: 0 });
     }
 
+    /// Float64 reference of the transformed row's log-softmax and of the gradient with respect
+    /// to the untransformed logits, through the chain rule written out.
+    fn naive_transformed(row: &[f64], label: usize, t: LogitTransform, upstream: f64) -> (f64, Vec<f64>) {
+        let (apply, derivative): (Box<dyn Fn(f64) -> f64>, Box<dyn Fn(f64) -> f64>) = match t {
+            LogitTransform::Identity => (Box::new(|z| z), Box::new(|_| 1.0)),
+            LogitTransform::Scale(s) => (Box::new(move |z| s * z), Box::new(move |_| s)),
+            LogitTransform::Softcap { scale, cap } => (
+                Box::new(move |z| cap * (scale * z / cap).tanh()),
+                Box::new(move |z: f64| scale * (1.0 - (scale * z / cap).tanh().powi(2))),
+            ),
+        };
+        let y: Vec<f64> = row.iter().map(|&z| apply(z)).collect();
+        let ls = naive_log_softmax(&y);
+        let grad = (0..row.len()).map(|j| upstream * ((j == label) as i32 as f64 - ls[j].exp()) * derivative(row[j])).collect();
+        (ls[label], grad)
+    }
+
+    #[test]
+    fn transformed_logits_match_the_chain_rule_for_each_row_code() {
+        let transforms = [LogitTransform::Scale(0.0625), LogitTransform::Scale(-2.5), LogitTransform::Softcap { scale: 1.0, cap: 3.0 }, LogitTransform::Softcap { scale: 0.5, cap: 30.0 }];
+        for code in codes() {
+            for t in transforms {
+                for vocab in [5usize, 300] {
+                    let c = case(2, 4, vocab, 8.0, vocab as u64 + 7);
+                    let data: Vec<f32> = c.logits.iter().map(|&x| x as f32).collect();
+                    let wide: Vec<f64> = data.iter().map(|&x| x as f64).collect();
+                    let rows = LogitsRows::contiguous(&data, [2, 4, vocab]).unwrap();
+                    let n = 2 * 3;
+                    let (mut lp, mut lse, mut ent, mut cor) = (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                    forward_with(code, &rows, &c.labels, -100, true, t, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+                    let upstream: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
+                    let mut grad = vec![f32::NAN; 2 * 4 * vocab];
+                    backward_with(code, &rows, &c.labels, -100, true, t, &upstream, &lse, &mut grad).unwrap();
+                    let mut in_place: Vec<f32> = Vec::new();
+                    let mut targets = Vec::new();
+                    for b in 0..2 {
+                        for p in 0..3 {
+                            let label = c.labels[b * 4 + p + 1];
+                            let start = (b * 4 + p) * vocab;
+                            let g = &grad[start..start + vocab];
+                            in_place.extend_from_slice(&data[start..start + vocab]);
+                            targets.push(label);
+                            if label == -100 {
+                                assert_eq!(lp[b * 3 + p], 0.0);
+                                continue;
+                            }
+                            let (want, want_grad) = naive_transformed(&wide[start..start + vocab], label as usize, t, upstream[b * 3 + p] as f64);
+                            assert!((lp[b * 3 + p] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()), "{code:?} {t:?}: {} vs {want}", lp[b * 3 + p]);
+                            for (j, (&got, want)) in g.iter().zip(&want_grad).enumerate() {
+                                assert!((got as f64 - want).abs() < 2e-5 * (1.0 + upstream[b * 3 + p] as f64), "{code:?} {t:?} [{j}]: {got} vs {want}");
+                            }
+                        }
+                    }
+                    // the in-place backward over the same rows gives the same gradients
+                    let grads_in: Vec<f32> = (0..n).map(|r| upstream[r]).collect();
+                    let lse_in: Vec<f32> = lse.clone();
+                    backward_in_place(&mut in_place, vocab, &targets, -100, t, &grads_in, &lse_in).unwrap();
+                    for (r, chunk) in in_place.chunks(vocab).enumerate() {
+                        let (b, p) = (r / 3, r % 3);
+                        let start = (b * 4 + p) * vocab;
+                        assert_eq!(chunk, &grad[start..start + vocab], "{t:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softcapped_rows_saturate_instead_of_overflowing() {
+        // |z| far beyond the cap: every logit is ±cap, −inf becomes −cap (as c·tanh(−inf/c) does).
+        let row = [1e30f32, -1e30, f32::NEG_INFINITY, 0.0];
+        let t = LogitTransform::Softcap { scale: 1.0, cap: 2.0 };
+        let r = with_row_transform!(t, f32, tf => forward_row_transformed(RowCode::Baseline, &row, 0, true, tf));
+        let ls = naive_log_softmax(&[2.0, -2.0, -2.0, 0.0]);
+        assert!((r.logp as f64 - ls[0]).abs() < 1e-6 && r.correct && r.entropy.is_finite());
+        assert!(LogitTransform::from_parts(None, Some(0.0)).is_err());
+        let rows = LogitsRows::contiguous(&row, [1, 1, 4]).unwrap();
+        let (mut lp, mut lse) = (vec![0f32; 1], vec![0f32; 1]);
+        let bad = LogitTransform::Softcap { scale: 1.0, cap: -1.0 };
+        let err = forward(&rows, &[0], -100, false, bad, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
+        assert!(matches!(err, KernelError::BadTransform(_)), "{err:?}");
+    }
+
     #[test]
     fn bad_arguments_are_errors_not_panics() {
         let data = vec![0f32; 2 * 3 * 4];
@@ -891,12 +1013,12 @@ mod tests {
         let rows = LogitsRows::contiguous(&data, [2, 3, 4]).unwrap();
         let (mut lp, mut lse) = (vec![0f32; 4], vec![0f32; 4]);
         let labels = vec![0i64, 1, 4, 0, 0, 0];
-        let err = forward(&rows, &labels, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
+        let err = forward(&rows, &labels, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
         assert_eq!(err, KernelError::LabelOutOfRange { batch: 0, position: 2, value: 4, vocab: 4 });
         let short = vec![0i64; 5];
-        assert!(forward(&rows, &short, -100, true, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).is_err());
+        assert!(forward(&rows, &short, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).is_err());
         let one_position = LogitsRows::contiguous(&data[..8], [2, 1, 4]).unwrap();
         let (mut lp0, mut lse0) = (vec![0f32; 0], vec![0f32; 0]);
-        assert!(forward(&one_position, &[0, 0], -100, true, ForwardOutputs { logps: &mut lp0, lse: &mut lse0, stats: None }).is_err());
+        assert!(forward(&one_position, &[0, 0], -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp0, lse: &mut lse0, stats: None }).is_err());
     }
 }

@@ -4,8 +4,10 @@
 //!   accumulation type;
 //! - [`fastexp`]: a branch-free `exp` that the compiler vectorises;
 //! - [`logps`]: the fused masked log-prob reduction of SPEC §4, forward and backward;
-//! - [`segments`]: packed (padding-free) rows split into their sequences by `position_ids`.
+//! - [`segments`]: packed (padding-free) rows split into their sequences by `position_ids`;
+//! - [`transform`]: the logit transforms (scale, softcap) the kernels apply as they read a row.
 pub mod element;
 pub mod fastexp;
 pub mod logps;
 pub mod segments;
+pub mod transform;
