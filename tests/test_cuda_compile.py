@@ -9,7 +9,12 @@ from simper_rs._cuda import load_nvrtc
 
 NVRTC = load_nvrtc()
 needs_nvrtc = pytest.mark.skipif(NVRTC is None, reason="NVRTC cannot be loaded here (it comes with the CUDA build of torch)")
-KERNELS = [f"logps_{way}_{dtype}" for dtype in ("f32", "bf16", "f16") for way in ("forward", "backward")]
+KERNELS = [
+    f"logps_{way}_{dtype}{transform}"
+    for dtype in ("f32", "bf16", "f16")
+    for transform in ("", "_scaled", "_softcapped")
+    for way in ("forward", "backward")
+]
 
 
 @needs_nvrtc

@@ -31,6 +31,23 @@ class Rows(ctypes.Structure):
     _fields_ = [(name, ctypes.c_longlong) for name in ("used", "vocab", "batch_stride", "position_stride", "labels_stride", "shift")]
 
 
+class Transform(ctypes.Structure):
+    """`struct Transform` of logps.cu (src/cuda/launch.rs builds the same from a LogitTransform)."""
+
+    _fields_ = [("kind", ctypes.c_int), ("a", ctypes.c_float), ("c", ctypes.c_float), ("inv_c", ctypes.c_float)]
+
+
+IDENTITY = Transform(0, 1.0, 1.0, 1.0)
+
+
+def transform_of(logit_scale=None, logit_softcap=None):
+    """The kernel's Transform for a scale and a softcap, as launch.rs converts them."""
+    scale = 1.0 if logit_scale is None else logit_scale
+    if logit_softcap is None:
+        return IDENTITY if scale == 1.0 else Transform(1, scale, 1.0, 1.0)
+    return Transform(2, scale / logit_softcap, logit_softcap, 1.0 / logit_softcap)
+
+
 _built = {}
 
 
@@ -45,8 +62,8 @@ def build_emulator(block):
         assert done.returncode == 0, done.stderr
         lib = ctypes.CDLL(str(out))
         p, i64 = ctypes.c_void_p, ctypes.c_longlong
-        lib.emulated_forward.argtypes = [ctypes.c_int, p, p, Rows, i64, ctypes.c_int, p, p, p, p, i64]
-        lib.emulated_backward.argtypes = [ctypes.c_int, p, p, Rows, i64, p, p, p, i64, i64]
+        lib.emulated_forward.argtypes = [ctypes.c_int, p, p, Rows, Transform, i64, ctypes.c_int, p, p, p, p, i64]
+        lib.emulated_backward.argtypes = [ctypes.c_int, p, p, Rows, Transform, i64, p, p, p, i64, i64]
         assert lib.emulated_block_threads() == block
         _built[block] = lib
     return _built[block]
@@ -62,23 +79,23 @@ def rows_of(logits, labels, shift):
     return Rows(t - int(shift), v, logits.stride(0), logits.stride(1), labels.shape[1], int(shift))
 
 
-def forward(lib, logits, labels, shift=True, with_stats=True, ignore_index=-100):
+def forward(lib, logits, labels, shift=True, with_stats=True, ignore_index=-100, transform=IDENTITY):
     """What src/bindings/fused_cuda.rs sets up for the forward kernel, on CPU tensors."""
     assert logits.stride(2) == 1
     labels = labels.contiguous()
     b, t, _ = logits.shape
     used = t - int(shift)
     out = [torch.full((b, used), 123.0) for _ in range(4)]  # poison: every entry must be written
-    lib.emulated_forward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), ignore_index,
+    lib.emulated_forward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), transform, ignore_index,
                          int(with_stats), *(o.data_ptr() for o in out), b * used)
     return out
 
 
-def backward(lib, grad_logps, logits, labels, lse, shift=True, ignore_index=-100, out=None):
+def backward(lib, grad_logps, logits, labels, lse, shift=True, ignore_index=-100, out=None, transform=IDENTITY):
     labels = labels.contiguous()
     b, t, v = logits.shape
     grad = torch.full((b, t, v), 7.0, dtype=logits.dtype) if out is None else out
-    lib.emulated_backward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), ignore_index,
+    lib.emulated_backward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), transform, ignore_index,
                           grad_logps.float().contiguous().data_ptr(), lse.float().contiguous().data_ptr(), grad.data_ptr(), t, b * t)
     return grad
 
@@ -222,4 +239,31 @@ def test_property_any_shape_offset_and_mask(b, t, v, dtype, offset, shift, seed)
     storage[offset:] = logits.reshape(-1)
     check(lib, storage[offset:].view(b, t, v), labels, shift)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("transform", [dict(logit_scale=0.0625), dict(logit_softcap=2.5), dict(logit_scale=3.0, logit_softcap=4.0)], ids=["scale", "softcap", "scale-softcap"])
+@pytest.mark.parametrize("vocab", [5, 301])
+def test_logit_transforms_match_the_reference(emulator, dtype, transform, vocab):
+    """The transform applied as each element is read (head, vector body, tail), its derivative in
+    the backward, and the argmax and entropy of the transformed row."""
+    logits, labels = batch(3, 6, vocab, dtype, seed=vocab, scale=6.0)
+    z = logits.float()
+    if transform.get("logit_scale") is not None:
+        z = z * transform["logit_scale"]
+    if transform.get("logit_softcap") is not None:
+        z = transform["logit_softcap"] * torch.tanh(z / transform["logit_softcap"])
+    logps, lse, entropy, correct = forward(emulator, logits, labels, transform=transform_of(**transform))
+    want = reference_all(z, labels)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    for got, expected in zip((logps, lse, entropy, correct), want):
+        torch.testing.assert_close(got, expected, **tol)
+    upstream = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1))
+    grad = backward(emulator, upstream, logits, labels, lse, transform=transform_of(**transform))
+    leaf = logits.detach().float().requires_grad_(True)
+    y = leaf * transform.get("logit_scale", 1.0) if transform.get("logit_scale") is not None else leaf
+    if transform.get("logit_softcap") is not None:
+        y = transform["logit_softcap"] * torch.tanh(y / transform["logit_softcap"])
+    (ref.token_logps(y, labels) * upstream).sum().backward()
+    grad_tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(grad.float(), leaf.grad, **grad_tol)
 

@@ -1,5 +1,6 @@
 //! Coverage-guided fuzzing of the fused log-prob kernels' entry points: any shape, stride,
-//! buffer length, label (in or out of range), ignore_index, shift and dtype. The kernels must
+//! buffer length, label (in or out of range), ignore_index, shift, dtype and logit transform
+//! (identity, a scale, a softcap; some with parameters the kernels must refuse). The kernels must
 //! return an error or a result, never panic or read out of bounds, and what they return must
 //! hold: log-probs ≤ 0 for finite rows, gradients whose rows sum to ~0, in-place == out-of-place.
 #![no_main]
@@ -13,6 +14,7 @@ mod kernels;
 
 use kernels::element::{Accum, Logit};
 use kernels::logps::{backward, backward_in_place, forward, reduce_sequences, ForwardOutputs, LogitsRows};
+use kernels::transform::LogitTransform;
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -45,6 +47,12 @@ fn run<E: Logit>(input: &mut Bytes<'_>, convert: impl Fn(f32) -> E) {
     let shift = input.byte() % 2 == 0;
     let stats = input.byte() % 2 == 0;
     let ignore_index = [-100i64, -1, 0, 40][(input.byte() % 4) as usize];
+    let transform = match input.byte() % 4 {
+        0 | 1 => LogitTransform::Identity,
+        2 => LogitTransform::Scale(input.float() as f64),
+        // a cap of 0, negative or NaN must be refused
+        _ => LogitTransform::Softcap { scale: input.float() as f64, cap: input.float() as f64 },
+    };
     let position_stride = vocab + position_pad;
     let batch_stride = positions * position_stride + batch_pad;
     // Sometimes shorter than the layout needs: the kernel must refuse, not read past the end.
@@ -67,7 +75,7 @@ fn run<E: Logit>(input: &mut Bytes<'_>, convert: impl Fn(f32) -> E) {
     let zero = E::Acc::ZERO;
     let (mut logps, mut lse, mut entropy, mut correct) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
     let out = ForwardOutputs { logps: &mut logps, lse: &mut lse, stats: stats.then_some((&mut entropy, &mut correct)) };
-    if forward(&rows, &labels, ignore_index, shift, out).is_err() {
+    if forward(&rows, &labels, ignore_index, shift, transform, out).is_err() {
         return;
     }
     for &lp in &logps {
@@ -76,7 +84,7 @@ fn run<E: Logit>(input: &mut Bytes<'_>, convert: impl Fn(f32) -> E) {
     let _ = reduce_sequences(&logps, &labels, batch, positions, shift, ignore_index, true);
     let upstream: Vec<E::Acc> = (0..n).map(|i| E::Acc::from_f64(1.0 - i as f64 * 0.25)).collect();
     let mut grad = vec![convert(0.0); batch * positions * vocab];
-    backward(&rows, &labels, ignore_index, shift, &upstream, &lse, &mut grad).expect("forward accepted these arguments");
+    backward(&rows, &labels, ignore_index, shift, transform, &upstream, &lse, &mut grad).expect("forward accepted these arguments");
     // In place on a contiguous copy of the labelled rows must give the same gradients.
     if !shift && n > 0 && vocab > 0 {
         let mut contiguous: Vec<E> = Vec::with_capacity(n * vocab);
@@ -86,7 +94,7 @@ fn run<E: Logit>(input: &mut Bytes<'_>, convert: impl Fn(f32) -> E) {
                 contiguous.extend_from_slice(&data[start..start + vocab]);
             }
         }
-        backward_in_place(&mut contiguous, vocab, &labels, ignore_index, &upstream, &lse).expect("same labels");
+        backward_in_place(&mut contiguous, vocab, &labels, ignore_index, transform, &upstream, &lse).expect("same labels");
         for (a, b) in contiguous.iter().zip(&grad) {
             let (a, b) = (a.load().to_f64(), b.load().to_f64());
             assert!(a == b || (a.is_nan() && b.is_nan()), "in-place {a} != out-of-place {b}");

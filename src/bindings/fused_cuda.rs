@@ -82,7 +82,7 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
     ];
     // SAFETY: the parameters match `logps_forward_*`; every buffer lives on this device and is
     // held by a tensor that PyTorch's caching allocator keeps for the stream the kernel runs on.
-    unsafe { kernels.launch(Kernel::Forward(element), size[0] * used, &mut params, stream as usize as _)? };
+    unsafe { kernels.launch(Kernel::Forward(element, transform.kind), size[0] * used, &mut params, stream as usize as _)? };
     Ok((logps, lse, entropy, correct))
 }
 
@@ -113,7 +113,7 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
         param(&positions),
     ];
     // SAFETY: as in `forward_validated`; `out` is a contiguous [B, T, V] buffer of the logits' dtype.
-    unsafe { kernels.launch(Kernel::Backward(element), size[0] * size[1], &mut params, stream as usize as _) }
+    unsafe { kernels.launch(Kernel::Backward(element, transform.kind), size[0] * size[1], &mut params, stream as usize as _) }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -57,12 +57,12 @@ impl Drop for ContextGuard {
     }
 }
 
-/// The kernels of one device: its primary context, the loaded module and its six functions (in
+/// The kernels of one device: its primary context, the loaded module and its functions (in
 /// the order of `KERNEL_NAMES`, which [`Kernel::index`] follows).
 pub struct DeviceKernels {
     context: CUcontext,
     _module: CUmodule,
-    functions: [CUfunction; 6],
+    functions: [CUfunction; KERNEL_NAMES.len()],
 }
 
 // SAFETY: driver handles are plain identifiers, valid from any thread once created; the module is
@@ -70,11 +70,12 @@ pub struct DeviceKernels {
 unsafe impl Send for DeviceKernels {}
 unsafe impl Sync for DeviceKernels {}
 
-/// Which of the six kernels: float32/bfloat16/float16, forward or backward.
+/// Which kernel: float32/bfloat16/float16, forward or backward, for a transform of `kind`
+/// (`Transform::kind`: 0 plain, 1 scale, 2 softcap).
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {
-    Forward(ElementKind),
-    Backward(ElementKind),
+    Forward(ElementKind, i32),
+    Backward(ElementKind, i32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +87,11 @@ pub enum ElementKind {
 
 impl Kernel {
     fn index(self) -> usize {
-        match self {
-            Kernel::Forward(e) => 2 * e as usize,
-            Kernel::Backward(e) => 2 * e as usize + 1,
-        }
+        let (element, transform, backward) = match self {
+            Kernel::Forward(e, t) => (e as usize, t as usize, 0),
+            Kernel::Backward(e, t) => (e as usize, t as usize, 1),
+        };
+        (element * 3 + transform.min(2)) * 2 + backward
     }
 }
 
@@ -121,7 +123,7 @@ impl DeviceKernels {
             let _current = ContextGuard::push(context)?;
             let mut module: CUmodule = std::ptr::null_mut();
             check(cu::cuModuleLoadData(&mut module, image.as_ptr().cast()), "cuModuleLoadData")?;
-            let mut functions = [std::ptr::null_mut(); 6];
+            let mut functions = [std::ptr::null_mut(); KERNEL_NAMES.len()];
             for (slot, name) in functions.iter_mut().zip(KERNEL_NAMES) {
                 let cname = CString::new(name).expect("kernel names have no NUL byte");
                 check(cu::cuModuleGetFunction(slot, module, cname.as_ptr()), "cuModuleGetFunction")?;

@@ -154,23 +154,28 @@ __device__ __forceinline__ float tanh_fast(float x) {
 }
 
 // The logit transform t, laid out as `Transform` in launch.rs. kind 0: t(z) = z; 1: a·z;
-// 2: c·tanh(a·z) (a = scale / cap). The branch is uniform over the grid.
+// 2: c·tanh(a·z) (a = scale / cap). Each kind is a kernel of its own (TF, a template
+// parameter), so the plain kernel is exactly what it is without transforms.
 struct Transform {
     int kind;
     float a, c, inv_c;
-    __device__ __forceinline__ float apply(float z) const {
-        if (kind == 0) return z;
-        if (kind == 1) return a * z;
-        return c * tanh_fast(a * z);
-    }
-    // t'(z) from y = t(z).
-    __device__ __forceinline__ float derivative(float y) const {
-        if (kind == 0) return 1.f;
-        if (kind == 1) return a;
-        const float q = y * inv_c;
-        return a * c * (1.f - q * q);
-    }
 };
+
+template <int TF>
+__device__ __forceinline__ float apply(const Transform& tf, float z) {
+    if (TF == 0) return z;
+    if (TF == 1) return tf.a * z;
+    return tf.c * tanh_fast(tf.a * z);
+}
+
+// t'(z) from y = t(z).
+template <int TF>
+__device__ __forceinline__ float derivative(const Transform& tf, float y) {
+    if (TF == 0) return 1.f;
+    if (TF == 1) return tf.a;
+    const float q = y * tf.inv_c;
+    return tf.a * tf.c * (1.f - q * q);
+}
 
 // Output position r (of the [batch, used] outputs) reads logits row (r / used, r % used).
 struct Rows {
@@ -227,7 +232,7 @@ __device__ __forceinline__ void merge(float& m, float& s, float& w, i64& arg, fl
     m = nm;
 }
 
-template <int KIND, bool STATS>
+template <int KIND, bool STATS, int TF>
 __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
                             float* logps, float* lse_out, float* entropy, float* correct) {
     typedef Elem<KIND> E;
@@ -251,7 +256,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     Online st;
     const i64 head = head_elements(row, V);
     for (i64 j = threadIdx.x; j < head; j += BLOCK) {
-        float x = tf.apply(E::get(row, j));
+        float x = apply<TF>(tf, E::get(row, j));
         st.template add<1, STATS>(&x, x, j);
     }
     const T* body = row + head;
@@ -264,7 +269,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
         for (int u = 0; u < UNROLL; ++u) {
             float x[E::PER_VEC];
             E::unpack(raw[u], x);
-            for (int k = 0; k < E::PER_VEC; ++k) x[k] = tf.apply(x[k]);
+            for (int k = 0; k < E::PER_VEC; ++k) x[k] = apply<TF>(tf, x[k]);
             float vmax = x[0]; int karg = 0;
             for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
             st.template add<E::PER_VEC, STATS>(x, vmax, head + (v0 + u * BLOCK) * E::PER_VEC + karg);
@@ -273,13 +278,13 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     for (; v0 < nvec; v0 += BLOCK) {
         float x[E::PER_VEC];
         E::unpack(load16(body + v0 * E::PER_VEC), x);
-        for (int k = 0; k < E::PER_VEC; ++k) x[k] = tf.apply(x[k]);
+        for (int k = 0; k < E::PER_VEC; ++k) x[k] = apply<TF>(tf, x[k]);
         float vmax = x[0]; int karg = 0;
         for (int k = 1; k < E::PER_VEC; ++k) if (x[k] > vmax) { vmax = x[k]; karg = k; }
         st.template add<E::PER_VEC, STATS>(x, vmax, head + v0 * E::PER_VEC + karg);
     }
     for (i64 j = head + nvec * E::PER_VEC + threadIdx.x; j < V; j += BLOCK) {
-        float x = tf.apply(E::get(row, j));
+        float x = apply<TF>(tf, E::get(row, j));
         st.template add<1, STATS>(&x, x, j);
     }
     sm[threadIdx.x] = st.m; ss[threadIdx.x] = st.s; sw[threadIdx.x] = st.w; sarg[threadIdx.x] = st.arg;
@@ -294,7 +299,7 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
     if (threadIdx.x == 0) {
         const float nan = __int_as_float(0x7fc00000);
         float mx = sm[0], sum = ss[0], log_s = logf(sum);
-        float target = tf.apply(E::get(row, y));
+        float target = apply<TF>(tf, E::get(row, y));
         float lse = mx + log_s;
         if (row_nan) lse = nan;
         logps[r] = row_nan ? nan : (target - mx) - log_s;
@@ -307,15 +312,16 @@ __device__ void forward_row(const typename Elem<KIND>::T* logits, const i64* lab
 }
 
 // One element of a row's gradient: g·(onehot − exp(t(z) − lse))·t'(z).
+template <int TF>
 __device__ __forceinline__ float element_grad(const Transform& tf, float z, bool is_label, float g, float l) {
-    const float y = tf.apply(z);
-    return g * ((is_label ? 1.f : 0.f) - fast_exp2((y - l) * LOG2E)) * tf.derivative(y);
+    const float y = apply<TF>(tf, z);
+    return g * ((is_label ? 1.f : 0.f) - fast_exp2((y - l) * LOG2E)) * derivative<TF>(tf, y);
 }
 
 // The gradient of one logits row: g·(onehot(y) − exp(t(z) − lse))·t'(z), into a contiguous [.., V] buffer
 // (which may be the logits row itself: every element is read before it is written, by the same
 // thread). Ignored rows (and the last position when shifting) get zeros.
-template <int KIND>
+template <int KIND, int TF>
 __device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
                              const float* grad_logps, const float* lse, typename Elem<KIND>::T* grad, i64 positions) {
     typedef Elem<KIND> E;
@@ -330,7 +336,7 @@ __device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* la
     const float l = zero ? 0.f : lse[r];
     const T* in = logits + b * rows.batch_stride + t * rows.position_stride;
     // p = exp(t(z) − lse); an out-of-range y (NaN lse from the forward) gives NaN, not a wild write.
-    #define GRAD(x, j) (zero ? 0.f : element_grad(tf, x, (j) == y, g, l))
+    #define GRAD(x, j) (zero ? 0.f : element_grad<TF>(tf, x, (j) == y, g, l))
     const bool same_alignment = (((u64)in ^ (u64)out) & 15u) == 0;
     const i64 head = same_alignment ? head_elements(out, V) : V;
     for (i64 j = threadIdx.x; j < head; j += BLOCK) {
@@ -368,18 +374,24 @@ __device__ void backward_row(const typename Elem<KIND>::T* logits, const i64* la
     #undef GRAD
 }
 
-#define INSTANTIATE(NAME, KIND)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(BLOCK) logps_forward_##NAME(                                    \
+#define INSTANTIATE_TF(NAME, KIND, TF, SUFFIX)                                                                   \
+    extern "C" __global__ void __launch_bounds__(BLOCK) logps_forward_##NAME##SUFFIX(                            \
         const Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index, int with_stats, \
         float* logps, float* lse, float* entropy, float* correct) {                                              \
-        if (with_stats) forward_row<KIND, true>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct); \
-        else forward_row<KIND, false>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct);      \
+        if (with_stats) forward_row<KIND, true, TF>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct); \
+        else forward_row<KIND, false, TF>(logits, labels, rows, tf, ignore_index, logps, lse, entropy, correct);  \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(BLOCK) logps_backward_##NAME(                                   \
+    extern "C" __global__ void __launch_bounds__(BLOCK) logps_backward_##NAME##SUFFIX(                           \
         const Elem<KIND>::T* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,              \
         const float* grad_logps, const float* lse, Elem<KIND>::T* grad, i64 positions) {                         \
-        backward_row<KIND>(logits, labels, rows, tf, ignore_index, grad_logps, lse, grad, positions);           \
+        backward_row<KIND, TF>(logits, labels, rows, tf, ignore_index, grad_logps, lse, grad, positions);       \
     }
+
+// Per dtype: the plain kernels, and those of a scale and of a softcap (KERNEL_NAMES in mod.rs).
+#define INSTANTIATE(NAME, KIND)              \
+    INSTANTIATE_TF(NAME, KIND, 0, )          \
+    INSTANTIATE_TF(NAME, KIND, 1, _scaled)   \
+    INSTANTIATE_TF(NAME, KIND, 2, _softcapped)
 
 INSTANTIATE(f32, 0)
 INSTANTIATE(bf16, 1)

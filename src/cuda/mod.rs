@@ -16,14 +16,28 @@ pub mod launch;
 /// The kernel source, compiled by NVRTC at run time.
 pub const KERNEL_SOURCE: &str = include_str!("logps.cu");
 
-/// The kernels the source defines: forward and backward for float32, bfloat16 and float16.
-pub const KERNEL_NAMES: [&str; 6] = [
+/// The kernels the source defines: for float32, bfloat16 and float16, for the plain logits, a
+/// scale and a softcap (the logit transform's kind), forward and backward; the order
+/// [`launch::Kernel`] indexes.
+pub const KERNEL_NAMES: [&str; 18] = [
     "logps_forward_f32",
     "logps_backward_f32",
+    "logps_forward_f32_scaled",
+    "logps_backward_f32_scaled",
+    "logps_forward_f32_softcapped",
+    "logps_backward_f32_softcapped",
     "logps_forward_bf16",
     "logps_backward_bf16",
+    "logps_forward_bf16_scaled",
+    "logps_backward_bf16_scaled",
+    "logps_forward_bf16_softcapped",
+    "logps_backward_bf16_softcapped",
     "logps_forward_f16",
     "logps_backward_f16",
+    "logps_forward_f16_scaled",
+    "logps_backward_f16_scaled",
+    "logps_forward_f16_softcapped",
+    "logps_backward_f16_softcapped",
 ];
 
 /// Whether the NVRTC library can be loaded in this process.

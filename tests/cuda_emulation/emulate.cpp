@@ -59,20 +59,28 @@ static void launch(i64 grid, Body body) {
 
 EXPORT int emulated_block_threads() { return BLOCK; }
 
-EXPORT void emulated_forward(int kind, const void* logits, const i64* labels, Rows rows, i64 ignore_index, int with_stats,
-                               float* logps, float* lse, float* entropy, float* correct, i64 grid) {
+// The kernel for a dtype `kind` and the transform's kind, as launch.rs picks it.
+#define PICK(DIRECTION, NAME, ...)                                                          \
+    do {                                                                                   \
+        if (tf.kind == 0) logps_##DIRECTION##_##NAME(__VA_ARGS__);                         \
+        else if (tf.kind == 1) logps_##DIRECTION##_##NAME##_scaled(__VA_ARGS__);           \
+        else logps_##DIRECTION##_##NAME##_softcapped(__VA_ARGS__);                         \
+    } while (0)
+
+EXPORT void emulated_forward(int kind, const void* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
+                               int with_stats, float* logps, float* lse, float* entropy, float* correct, i64 grid) {
     launch(grid, [&] {
-        if (kind == 0) logps_forward_f32((const float*)logits, labels, rows, ignore_index, with_stats, logps, lse, entropy, correct);
-        if (kind == 1) logps_forward_bf16((const u16*)logits, labels, rows, ignore_index, with_stats, logps, lse, entropy, correct);
-        if (kind == 2) logps_forward_f16((const u16*)logits, labels, rows, ignore_index, with_stats, logps, lse, entropy, correct);
+        if (kind == 0) PICK(forward, f32, (const float*)logits, labels, rows, tf, ignore_index, with_stats, logps, lse, entropy, correct);
+        if (kind == 1) PICK(forward, bf16, (const u16*)logits, labels, rows, tf, ignore_index, with_stats, logps, lse, entropy, correct);
+        if (kind == 2) PICK(forward, f16, (const u16*)logits, labels, rows, tf, ignore_index, with_stats, logps, lse, entropy, correct);
     });
 }
 
-EXPORT void emulated_backward(int kind, const void* logits, const i64* labels, Rows rows, i64 ignore_index,
+EXPORT void emulated_backward(int kind, const void* logits, const i64* labels, Rows rows, Transform tf, i64 ignore_index,
                                   const float* grad_logps, const float* lse, void* grad, i64 positions, i64 grid) {
     launch(grid, [&] {
-        if (kind == 0) logps_backward_f32((const float*)logits, labels, rows, ignore_index, grad_logps, lse, (float*)grad, positions);
-        if (kind == 1) logps_backward_bf16((const u16*)logits, labels, rows, ignore_index, grad_logps, lse, (u16*)grad, positions);
-        if (kind == 2) logps_backward_f16((const u16*)logits, labels, rows, ignore_index, grad_logps, lse, (u16*)grad, positions);
+        if (kind == 0) PICK(backward, f32, (const float*)logits, labels, rows, tf, ignore_index, grad_logps, lse, (float*)grad, positions);
+        if (kind == 1) PICK(backward, bf16, (const u16*)logits, labels, rows, tf, ignore_index, grad_logps, lse, (u16*)grad, positions);
+        if (kind == 2) PICK(backward, f16, (const u16*)logits, labels, rows, tf, ignore_index, grad_logps, lse, (u16*)grad, positions);
     });
 }
