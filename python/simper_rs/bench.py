@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 
 def _status_kib(field: str) -> int:
@@ -66,9 +67,10 @@ def min_seconds(fn, repeats: int) -> float:
     return min(_timings(fn, repeats))
 
 
-def run_isolated(script: str, args: dict) -> dict:
+def run_isolated(script: str, args: dict, env: Optional[dict] = None) -> dict:
     """Run `script --child JSON` in a fresh interpreter and return the JSON it prints last.
-    `script` is a file path or `-m module`, either followed by space-separated arguments."""
+    `script` is a file path or `-m module`, either followed by space-separated arguments; `env`
+    adds to the environment (``PYTHONPATH`` of another build, for before/after rows)."""
     command = [sys.executable, *script.split()]
     out = subprocess.run(
         [*command, "--child", json.dumps(args)],
@@ -76,7 +78,7 @@ def run_isolated(script: str, args: dict) -> dict:
         text=True,
         # A fixed mmap threshold makes glibc return every large block to the OS when it is freed,
         # so the resident-set high-water mark tracks live allocations, not the allocator's cache.
-        env={**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536", **(env or {})},
     )
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}

@@ -7,6 +7,7 @@ and torch.distributed through Accelerate, since all of that is the base Trainer'
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any, Dict, Optional
 
@@ -16,7 +17,7 @@ from .integrations.causal_lm import add_logps_forward
 from .losses import DILLoss, PreferenceLossOutput, SimPERLoss
 from .ops import reduce_with_stats, sequence_logps
 
-__all__ = ["PreferenceTrainer", "preference_loss", "make_loss", "resolve_aux_loss_coef"]
+__all__ = ["PreferenceTrainer", "preference_loss", "make_loss", "resolve_aux_loss_coef", "router_loss"]
 
 LOSSES = ("simper", "dil")
 
@@ -115,11 +116,34 @@ def preference_loss(
         result = loss_fn(outputs.logits, labels, position_ids=position_ids, **refs)
         aux_loss = getattr(outputs, "aux_loss", None)
     if aux_loss_coef:
-        if aux_loss is None:
-            raise ValueError(f"{type(_unwrap(model)).__name__} returned no aux_loss with output_router_logits=True")
-        result.loss = result.loss + aux_loss_coef * aux_loss.to(result.loss.device)
-        result.metrics["aux_loss"] = float(aux_loss.detach())
+        aux_loss = router_loss(model, aux_loss)
+        if aux_loss is not None:
+            result.loss = result.loss + aux_loss_coef * aux_loss.to(result.loss.device)
+            result.metrics["aux_loss"] = float(aux_loss.detach())
     return result
+
+
+_NO_ROUTER_LOSS_WARNED = set()
+
+
+def router_loss(model: torch.nn.Module, aux_loss) -> Optional[torch.Tensor]:
+    """The router load-balancing loss a model returned with ``output_router_logits=True``, or None
+    (with one warning per model class) when it returned none: some MoE families (Llama 4) define
+    a coefficient in their config but no auxiliary loss, so there is nothing to add."""
+    if isinstance(aux_loss, torch.Tensor):
+        return aux_loss
+    if isinstance(aux_loss, (int, float)):
+        return torch.tensor(float(aux_loss))
+    name = type(_unwrap(model)).__name__
+    if name not in _NO_ROUTER_LOSS_WARNED:
+        _NO_ROUTER_LOSS_WARNED.add(name)
+        warnings.warn(
+            f"simper_rs: {name} returns no router load-balancing loss (aux_loss) although its config has a "
+            "router_aux_loss_coef; nothing is added to the loss",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
 
 
 def _trainer_base():

@@ -40,6 +40,7 @@ from .data import pack_rows
 from .integrations.causal_lm import add_logps_forward
 from .losses import ESTIMATORS, DILLoss, SimPERLoss
 from .ops import reduce_with_stats
+from .trainer import router_loss
 
 SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
 
@@ -383,10 +384,11 @@ class _PreferenceLossTrainer(DPOTrainer):
         logps, out = self._sequence_logps(model, inputs, with_loss=True, refs=refs)
         chosen, rejected = logps.chunk(2, dim=0)
         loss = out.loss if out.loss is not None else self._loss_module().pair_loss(chosen, rejected, ref_chosen, ref_rejected)
-        if self.aux_loss_enabled:
+        aux_loss = router_loss(model, out.aux_loss) if self.aux_loss_enabled else None
+        if aux_loss is not None:
             # The router load-balancing loss, weighted and logged as TRL's DPOTrainer does.
-            loss = loss + self.router_aux_loss_coef * out.aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(out.aux_loss.detach()).mean().item())
+            loss = loss + self.router_aux_loss_coef * aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
         self._record_metrics(mode, inputs, out, chosen, rejected, ref_chosen, ref_rejected)
         if return_outputs:  # TRL's deprecated compute_metrics path: it wants logits, which are not built here
             with torch.no_grad():
