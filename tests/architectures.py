@@ -1,21 +1,32 @@
 """Every causal-LM architecture of the installed transformers, built tiny and random, offline.
 
-`tiny_causal_lm(model_type)` returns `AutoModelForCausalLM.from_config(config)` for a config whose
-sizes are shrunk to a few tens of thousands of parameters (hidden 32, 2 layers, 4 heads of 8,
-4 experts, 1-layer vision/audio towers, a vocabulary of 96), randomly initialised from `seed`, in
-the default (train) mode. The tiny config comes from generic rules applied to the config class's
-own defaults (every size-like field shrunk by its name, per-layer lists rebuilt for the new layer
-count, special token ids moved into or out of the small vocabulary, sub-configs shrunk the same
-way), then a short table of per-architecture overrides where the generic rules cannot know a
-constraint. An architecture that cannot be built tiny offline, or cannot run a text-only causal-LM
-forward, raises `CannotBuildTiny` with the reason.
+`tiny_causal_lm(model_type)` returns `AutoModelForCausalLM.from_config(config)`, randomly
+initialised from `seed`, in train mode, for a config shrunk to tens of thousands of parameters
+(hidden 32, 2 layers or one per layer kind, 4 heads of 8, 4 experts, 2-layer vision/audio
+towers, a vocabulary of 96), whose `model(input_ids=ids, attention_mask=mask).logits` on a
+[4, 12] batch (`example_batch`) is [4, 12, vocab_size].
 
-`python tests/architectures.py [model_type ...]` builds each one, runs a forward and backward on
-`example_batch`, and prints parameters, time and peak memory.
+The tiny config comes from generic rules applied to the config class's own defaults: size-like
+fields shrunk by their name, per-layer lists (layer kinds, MLP kinds, per-layer sizes, layer
+indices) rebuilt for the new layer count, pad/bos/eos ids moved into the small vocabulary and
+media placeholder ids (image, audio, ...) out of it so that random ids never contain one, None
+sizes that the model reads filled, tied sizes (Mamba heads x head size, widths equal to some
+tower's hidden size) kept tied, and sub-configs (text, vision, audio) shrunk the same way.
+OVERRIDES then holds, with the reason for each, what generic rules cannot know; NOTES what a
+user of a tiny model should know; NOT_CAUSAL the causal-LM classes whose logits are not causal;
+RESEEDS_RNG the models whose train-mode dropout no seed fixes. An architecture that cannot run a
+text-only causal-LM forward here raises CannotBuildTiny with the reason (CANNOT_BUILD, REQUIRES).
+
+`python tests/architectures.py [model_type ...] [--checks] [-v]` builds each one as the census
+does (build, then a forward and backward with right and with left padding) and prints parameters,
+time and peak memory; --checks adds determinism and causality, -v tracebacks.
 """
 import dataclasses
 import importlib.util
+import os
 import re
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network: fail rather than download
 
 import torch
 import transformers
@@ -55,6 +66,8 @@ def _size_rule(name, default, ctx):
     n = name
     if n in ("vocab_size", "unpadded_vocab_size", "vocab_size_per_layer_input"):
         return ctx["vocab"]
+    if re.search(r"(multiple_of|divisible_by)$", n):  # widths rounded up to a multiple of this
+        return min(default, 8)
     if "vocab" in n:
         return min(default, ctx["vocab"])
     if re.search(r"(^|_)(num_hidden_layers|n_layers?|num_layers|num_blocks|num_(en|de)coder_layers|(en|de)coder_layers)$", n):
@@ -91,8 +104,6 @@ def _size_rule(name, default, ctx):
         return min(default, 8 if n == "hidden_size_per_layer_input" else 2 * ctx["hidden"])
     if re.search(r"(_embed_dim|_emb_dim)$", n):
         return min(default, ctx["hidden"] // 2)
-    if re.search(r"multiple_of$", n):  # widths rounded up to a multiple of this
-        return min(default, 8)
     if re.search(r"_channels?$", n) and n not in ("num_channels", "in_channels", "audio_channels"):
         return min(default, ctx["hidden"])
     if re.search(r"intermediate|ffn|(^|_)ff(_|$)|d_inner|dff|dim_ff|feed_forward|mlp_dim$", n):
@@ -365,6 +376,8 @@ OVERRIDES = {
     "gemma3n": {"text_config": _GEMMA3N_TEXT},
     "gemma4_text": _GEMMA4_TEXT,
     "gemma4": {"text_config": _GEMMA4_TEXT},
+    "gemma4_unified_text": _GEMMA4_TEXT,
+    "gemma4_unified": {"text_config": _GEMMA4_TEXT},
     "gemma4_assistant": _GEMMA4_ASSISTANT,
     "gemma4_unified_assistant": _GEMMA4_ASSISTANT,
     "dots3_note_text": _DOTS3_SWA,
@@ -543,6 +556,7 @@ def _main(argv):
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
     types = [a for a in argv if not a.startswith("-")] or CAUSAL_LM_TYPES
 
     def alarm(*_):
