@@ -500,7 +500,7 @@ def _build(model_type, *, vocab_size=96, seed=0, dtype=torch.float32):
     config, kwargs = tiny_config(model_type, vocab_size=vocab_size)
     notes = [NOTES[model_type]] if model_type in NOTES else []
     if kwargs.get("is_decoder"):
-        notes.append("is_decoder=True (a causal decoder, not the bidirectional encoder)")
+        notes.append("is_decoder=True (the default, False, makes BERT-style models bidirectional)")
     extra = {}
     if dtype == torch.float64:
         # The default grouped-GEMM experts kernel has no float64 version.
