@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..fused_loss import fused_pair_loss
-from ..head import head_token_logps
+from ..head import head_token_logps, head_weight_owner
 from ..ops import check_logps_inputs, check_packed_inputs, token_logps_and_stats
 from .transforms import ModelTransform, model_transform
 
@@ -169,6 +169,25 @@ def _fused_tokens(model, spec, hidden, labels, *, require_tokens, with_stats=Tru
         head, hidden, labels, shift=shift, with_stats=with_stats, require_tokens=require_tokens, mean_logits=mean_logits,
         transform=spec.transform, vocab_limit=spec.vocab_limit,
     )
+
+
+def _check_head_parameters(model, head, spec: ModelTransform) -> None:
+    """Refuse an lm_head with parameters besides its weight and bias that the transform table
+    does not read: the fused op would give them no gradient (and at their initial values the
+    first-step check cannot tell, a learned scale of 1 changing nothing)."""
+    try:
+        resolved = _resolve_head(head)
+    except ValueError:
+        return  # refused with its own message on the first fused call
+    owner = head_weight_owner(resolved)
+    known = {"weight", "bias", *spec.head_attributes}
+    unknown = [name for name, _ in owner.named_parameters() if name not in known and not name.startswith("_")]
+    if unknown:
+        raise ValueError(
+            f"the lm_head of {type(model).__name__} ({type(owner).__name__}) has parameters besides its weight and bias "
+            f"that simper_rs's logit-transform table does not know ({', '.join(unknown)}): the fused-linear path would "
+            "give them no gradient. Use fused_linear=False (use_fused_linear=False in SimPERConfig / DILConfig)."
+        )
 
 
 # -- the first-step check
@@ -340,8 +359,9 @@ def add_logps_forward(model: torch.nn.Module) -> None:
     """
     if getattr(model, "_simper_rs_logps_forward", False):
         return
-    _output_head(model)
-    model_transform(model)  # a malformed table entry fails here, not at the first step
+    head = _output_head(model)
+    spec = model_transform(model)  # a malformed table entry fails here, not at the first step
+    _check_head_parameters(model, head, spec)
     previous = model.forward
     state = {"checked": os.environ.get(CHECK_ENV, "").strip().lower() in ("off", "0", "no", "false"), "unavailable": None}
     takes_use_cache = _accepts(previous, "use_cache", through_kwargs=True)

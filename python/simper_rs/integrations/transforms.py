@@ -132,8 +132,12 @@ class ModelTransform:
         return ", then ".join(f"{s.kind} by {s.source}" + (f" × {s.times}" if s.times else "") for s in self.steps)
 
     @property
-    def reads_head(self) -> bool:
-        return bool(self._scales)
+    def head_attributes(self) -> Tuple[str, ...]:
+        """The attributes of the lm_head module this transform reads (a learnable scale)."""
+        names = []
+        for source, times, _ in self._scales:
+            names += [source.split(".", 1)[1]] + ([times.split(".", 1)[1]] if times else [])
+        return tuple(names)
 
 
 def _head_value(head: torch.nn.Module, source: str):
