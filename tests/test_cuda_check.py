@@ -408,3 +408,13 @@ def test_doctor_prints_the_self_check_per_dtype(capsys):
         status = doctor.run()
     out = capsys.readouterr().out
     assert (status == 0) == (not torch.cuda.is_available() or doctor.report()[1]) and out.count("passed (") >= 3
+
+
+def test_once_passed_the_decision_compiles_into_one_graph():
+    # After the first use, the choice is a dictionary lookup that torch.compile traces: no
+    # graph break per call on a GPU whose kernel passed.
+    logits, labels = batch(torch.float32)
+    with cuda_check.simulated_device_for_testing(TorchKernel()):
+        want = simper_rs.token_logps(logits, labels)
+        compiled = torch.compile(lambda x: simper_rs.token_logps(x, labels), backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(logits), want)

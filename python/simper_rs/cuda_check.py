@@ -261,8 +261,10 @@ class _Comparisons:
             allowed = 0.0 if exact else tolerance["atol"] + tolerance["rtol"] * want.abs()
             excess = torch.where(finite & ~lost, (got - want).abs() - allowed, 0.0)
             excess = torch.where(lost | odd, math.inf, excess)
-            worst = excess.argmax()  # a tensor: reading it here would synchronise
-            summaries.append(torch.stack([excess[worst], worst.float(), got[worst], want[worst], lost.sum().float()]))
+            # All on the device: indexing by a tensor, or reading it, would synchronise here.
+            largest, worst = excess.max(0)
+            at = worst.view(1)
+            summaries.append(torch.cat([largest.view(1), at.float(), got.index_select(0, at), want.index_select(0, at), lost.sum().float().view(1)]))
         table = torch.stack(summaries).cpu().tolist()  # the one synchronisation
         for (what, got, want, tolerance, exact), (excess, worst, value, expected, lost) in zip(self.items, table):
             if excess <= 0:
@@ -393,12 +395,29 @@ def _record(result: CudaCheckResult, key: Tuple[str, torch.dtype]) -> CudaCheckR
     return result
 
 
-@torch.compiler.disable
+def _passed(device: torch.device, dtype: torch.dtype) -> bool:
+    # The common case, a dictionary lookup that torch.compile can trace (a CUDA tensor's device
+    # has its index); anything else goes to the eager functions below.
+    found = _verdicts.get((str(device), dtype))
+    return found is not None and found.passed
+
+
 def failure(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """None when the kernel may serve (``device``, ``dtype``): its self-check passed in this
     process (run now if it has not run yet) or is switched off; else the message saying what
     failed. Never warns (``backend="rust"`` raises the message). Raises RuntimeError when the
     check has not run yet and cannot run now (inside CUDA graph capture)."""
+    return None if _passed(device, dtype) else _failure(device, dtype)
+
+
+def kernel_trusted(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``backend="auto"`` may give (``device``, ``dtype``) to the kernel; the first
+    refusal warns (once per device and dtype) that libtorch ops are used instead."""
+    return _passed(device, dtype) or _trusted(device, dtype)
+
+
+@torch.compiler.disable
+def _failure(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if check_disabled():
         return None
     device = _key_device(device)
@@ -420,10 +439,8 @@ def failure(device: torch.device, dtype: torch.dtype) -> Optional[str]:
 
 
 @torch.compiler.disable
-def kernel_trusted(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``backend="auto"`` may give (``device``, ``dtype``) to the kernel; the first
-    refusal warns (once per device and dtype) that libtorch ops are used instead."""
-    message = failure(device, dtype)
+def _trusted(device: torch.device, dtype: torch.dtype) -> bool:
+    message = _failure(device, dtype)
     if message is None:
         return True
     key = (str(_key_device(device)), dtype)
@@ -435,7 +452,7 @@ def kernel_trusted(device: torch.device, dtype: torch.dtype) -> bool:
             f"simper_rs: {message}; {_dtype_name(dtype)} tensors on {key[0]} use libtorch ops instead "
             "(same results, more time and memory)",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
     return False
 
