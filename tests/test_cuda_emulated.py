@@ -270,7 +270,7 @@ def test_the_self_check_catches_a_fault_in_the_emulated_kernel():
             return grad
 
     result = cuda_check.run_self_check(SkipsTheTail(build_emulator(32)), "cpu", torch.bfloat16)
-    assert not result.passed and "backward: gradient differs from the libtorch path" in result.failure
+    assert not result.passed and "backward: gradient: " in result.failure
 
 
 def _rows_read(case, logits):

@@ -271,12 +271,12 @@ class _Comparisons:
                 continue
             index = list(map(int, torch.unravel_index(torch.tensor(int(worst)), tuple(want.shape))))
             if lost:
-                return f"{what} has {int(lost)} non-finite value(s) where the libtorch path is finite (at {index}: {value})"
+                return f"{what}: {int(lost)} non-finite value(s) where the libtorch path is finite (at {index}: {value})"
             if exact:
-                return f"{what} is {value:g} at {index}, the libtorch path gives {expected:g}"
+                return f"{what}: {value:g} at {index}, the libtorch path gives {expected:g}"
             return (
-                f"{what} differs from the libtorch path at {index}: {value:.7g} against {expected:.7g} "
-                f"(allowed {tolerance['atol']:g} + {tolerance['rtol']:g}·|expected|)"
+                f"{what}: {value:.7g} at {index}, the libtorch path gives {expected:.7g} "
+                f"(allowed difference {tolerance['atol']:g} + {tolerance['rtol']:g}·|expected|)"
             )
         return None
 
