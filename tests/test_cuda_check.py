@@ -385,6 +385,9 @@ def test_cuda_self_check_refuses_bad_arguments():
         simper_rs.cuda_self_check("cpu", dtypes=[torch.float64])
     with pytest.raises(ValueError, match="device must be a CUDA device, got cpu"):
         simper_rs.cuda_self_check("cpu")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=rf"device cuda:{visible} is not a visible CUDA device \({visible} visible\)"):
+        simper_rs.cuda_self_check(visible)
 
 
 def test_without_a_gpu_there_is_nothing_to_check():
