@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check, in one go, on a fresh NVIDIA machine with no network (the tests are capped at
-# 4 minutes and the benchmark at 5): the CUDA tests and the GPU benchmark, against the prebuilt
-# package given as $1.
+# Every GPU check, in one go, on a fresh NVIDIA machine with no network (the self-check is capped
+# at 3 minutes, the tests at 4 and the benchmark at 5): the kernel's self-check (simper-rs doctor
+# and its cost), the CUDA tests and the GPU benchmark, against the prebuilt package given as $1.
 #
 # That machine has its own Python and torch and nothing can be installed there, so build the
 # matching package here first and bring it along, e.g. for Python 3.12 + torch 2.11:
@@ -23,8 +23,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$PY" -c "import sys, torch, simper_rs; print('python', sys.version.split()[0], '| torch', torch.__version__, '| simper_rs', simper_rs.__version__, 'built for torch', simper_rs._core.TORCH_VERSION, '|', simper_rs.__file__)" \
     || { echo "simper_rs does not import: nothing else can run" >&2; exit 1; }
 
+echo "== the kernel's self-check on every GPU (simper-rs doctor), and what it costs"
+timeout 120 "$PY" -c "from simper_rs import doctor; raise SystemExit(doctor.run('cuda'))" 2>&1 | tee "$OUT/doctor.log" || status=1
+timeout 60 "$PY" benchmarks/cuda_check.py --json "$OUT/cuda_check.json" 2>&1 | tee "$OUT/cuda_check.log" || status=1
+
 echo "== CUDA tests"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_cuda_compile.py 2>&1 | tee "$OUT/tests.log" || status=1
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_cuda_compile.py tests/test_cuda_check.py 2>&1 | tee "$OUT/tests.log" || status=1
 
 echo "== GPU benchmark"
 timeout 300 "$PY" benchmarks/gpu.py --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log" || status=1

@@ -48,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_cuda::cuda_supported_archs, m)?)?;
     m.add_function(wrap_pyfunction!(fused_cuda::cuda_kernel_resource_usage, m)?)?;
     m.add_function(wrap_pyfunction!(fused_cuda::cuda_kernel_status, m)?)?;
+    m.add_function(wrap_pyfunction!(fused_cuda::cuda_backward_in_place, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_token_logps, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_sequence_logps, m)?)?;
     m.add_function(wrap_pyfunction!(numpy::numpy_simper_loss, m)?)?;

@@ -2,7 +2,9 @@
 
 Covers every dtype, masks, the causal shift, non-contiguous logits, real vocabulary sizes,
 offsets past 2^31, a non-default stream, CUDA graph capture, determinism, memory, the fused-linear
-op, and the fallback when the kernel is disabled. `bash benchmarks/gpu_check.sh` runs it.
+op, the fallback when the kernel is disabled, and the kernel's self-check (simper_rs.cuda_check):
+passing on every dtype, a planted fault caught on the GPU, the fallback that follows, and a
+first use inside graph capture refused. `bash benchmarks/gpu_check.sh` runs it.
 """
 import os
 import warnings
@@ -12,7 +14,7 @@ import torch
 
 import reference as ref
 import simper_rs
-from simper_rs import _core, _cuda
+from simper_rs import _core, _cuda, cuda_check
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -229,7 +231,7 @@ def test_fused_linear_on_cuda(device, dtype):
     torch.testing.assert_close(got, want, **loose)
     torch.testing.assert_close(gh.float(), wh, **loose)
     torch.testing.assert_close(gw.float(), ww, **loose)
-    assert simper_rs.ops._linear_cuda_stream(hidden) is not None  # the kernel took the chunks
+    assert simper_rs.ops.linear_cuda_stream(hidden) is not None  # the kernel took the chunks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -284,3 +286,66 @@ def test_losses_train_end_to_end_on_cuda(device):
     out = simper_rs.SimPERLoss()(leaf, labels)
     out.loss.backward()
     assert torch.isfinite(out.loss) and leaf.grad is not None and torch.isfinite(leaf.grad.float()).all()
+
+
+# -- the kernel's self-check (simper_rs.cuda_check) on the real kernel
+
+
+def test_the_kernel_passes_its_self_check_on_every_dtype(device):
+    results = simper_rs.cuda_self_check(device)
+    assert [r.dtype for r in results] == ["float32", "bfloat16", "float16"]
+    for result in results:
+        assert result.passed, result.failure
+        assert result.device == str(device) and result.device_name == torch.cuda.get_device_name(device)
+    assert all(cuda_check.failure(device, dtype) is None for dtype in DTYPES)
+
+
+class _OffByOne(cuda_check.CudaKernel):
+    """The real kernel with one token log-prob planted wrong, on the GPU."""
+
+    def forward(self, logits, labels, ignore_index, shift, with_stats, **options):
+        logps, lse, entropy, correct = super().forward(logits, labels, ignore_index, shift, with_stats, **options)
+        logps[-1, 1] += 1e-2
+        return logps, lse, entropy, correct
+
+
+def test_the_in_place_backward_equals_the_fresh_one(device):
+    for dtype in DTYPES:
+        logits, labels = make(1, 9, 4099, dtype, device)
+        rows, targets = logits[0].clone(), labels[0]
+        tok, lse, _, _ = torch.ops.simper_rs.fused_token_logps(rows[None], targets[None], -100, False, False)
+        upstream = torch.randn_like(tok)
+        fresh = torch.ops.simper_rs.fused_token_logps_backward(upstream, rows[None], targets[None], lse, -100, False)[0]
+        _core.cuda_backward_in_place(rows, targets, upstream[0], lse[0], -100, torch.cuda.current_stream(device).cuda_stream)
+        assert torch.equal(rows, fresh)
+
+
+def test_a_planted_fault_fails_on_the_gpu_and_auto_falls_back(device):
+    result = cuda_check.run_self_check(_OffByOne(), device, torch.bfloat16)
+    assert not result.passed and "forward: log-probs: " in result.failure and " at [1, 1], the libtorch path gives " in result.failure
+    logits, labels = make(2, 9, 300, torch.bfloat16, device)
+    with cuda_check.simulated_device_for_testing(_OffByOne(), str(device)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = simper_rs.token_logps(logits, labels)
+            simper_rs.token_logps(logits, labels)
+        relevant = [str(w.message) for w in caught if "failed its self-check" in str(w.message)]
+        assert len(relevant) == 1 and f"on {device}" in relevant[0] and "for bfloat16" in relevant[0]
+        assert torch.equal(first, simper_rs.token_logps(logits, labels, backend="torch"))
+        assert simper_rs.ops.linear_cuda_stream(logits) is None
+        with pytest.raises(RuntimeError, match="backend='rust': the fused CUDA kernel failed its self-check"):
+            simper_rs.token_logps(logits, labels, backend="rust")
+        assert simper_rs.ops._resolve_backend("auto", logits.float()) == "rust"  # float32 passed
+    assert simper_rs.ops._resolve_backend("auto", logits) == "rust"  # the real kernel's verdict again
+
+
+def test_a_first_use_inside_graph_capture_is_refused_clearly(device):
+    logits, labels = make(2, 9, 300, torch.float32, device)
+    with cuda_check.fresh_verdicts_for_testing():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match="cannot run during CUDA graph capture"):
+            with torch.cuda.graph(graph, stream=side):
+                simper_rs.token_logps(logits, labels)
+        assert simper_rs.ops._resolve_backend("auto", logits) == "rust"  # outside the capture it runs and passes

@@ -267,3 +267,93 @@ def test_logit_transforms_match_the_reference(emulator, dtype, transform, vocab)
     grad_tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(grad.float(), leaf.grad, **grad_tol)
 
+
+
+# -- the self-check's problem (simper_rs.cuda_check) through the emulated kernel
+
+
+class EmulatedKernel:
+    """simper_rs.cuda_check's kernel functions on the emulation: the check's exact problem runs
+    through the kernel source on CPU threads, set up as src/bindings/fused_cuda.rs sets it up."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def load(self, device):
+        assert torch.device(device).type == "cpu"
+
+    def forward(self, logits, labels, ignore_index, shift, with_stats, **options):
+        return forward(self.lib, logits, labels, shift, with_stats, ignore_index, transform=transform_of(**options))
+
+    def backward(self, grad_logps, logits, labels, lse, ignore_index, shift, **options):
+        return backward(self.lib, grad_logps, logits, labels, lse, shift, ignore_index, transform=transform_of(**options))
+
+    def backward_in_place(self, rows, targets, grad_logps, lse, ignore_index, **options):
+        assert rows.is_contiguous()  # as fused_cuda::backward_in_place requires
+        view = rows.unsqueeze(0)
+        backward(self.lib, grad_logps[None], view, targets[None], lse[None], False, ignore_index, out=view, transform=transform_of(**options))
+
+
+@pytest.mark.parametrize("dtype", list(KIND))
+def test_the_self_check_passes_on_the_emulated_kernel(emulator, dtype):
+    from simper_rs import cuda_check
+
+    result = cuda_check.run_self_check(EmulatedKernel(emulator), "cpu", dtype)
+    assert result.passed, result.failure
+
+
+def test_the_self_check_catches_a_fault_in_the_emulated_kernel():
+    from simper_rs import cuda_check
+
+    class SkipsTheTail(EmulatedKernel):
+        # What a kernel that drops the scalar tail after the vector loop would give: the last
+        # element of every row missing from the gradient.
+        def backward(self, grad_logps, logits, labels, lse, ignore_index, shift, **options):
+            grad = super().backward(grad_logps, logits, labels, lse, ignore_index, shift, **options)
+            grad[..., -1] = 0
+            return grad
+
+    result = cuda_check.run_self_check(SkipsTheTail(build_emulator(32)), "cpu", torch.bfloat16)
+    assert not result.passed and "backward: gradient: " in result.failure
+
+
+def _rows_read(case, logits):
+    """(byte address of the input row, byte offset of its gradient row in the backward's output)
+    of every logits row the forward kernel reads."""
+    if case.layout == "rows":
+        logits = logits.unsqueeze(0)
+    b, t, v = logits.shape
+    size = logits.element_size()
+    for i in range(b):
+        for j in range(t - int(case.shift)):
+            start = logits.data_ptr() + (i * logits.stride(0) + j * logits.stride(1)) * size
+            # The in-place backward writes over the rows; the other a fresh contiguous [B, T, V] (16-byte aligned).
+            yield start, (start if case.layout == "rows" else (i * t + j) * v * size)
+
+
+@pytest.mark.parametrize("dtype", list(KIND))
+def test_the_self_check_problem_reaches_every_loop_of_the_kernel(dtype):
+    # The loops of forward_row / backward_row in logps.cu at the GPU's 256 threads per block:
+    # the scalar head (a row not on a 16-byte boundary), the UNROLL-deep vector loop, the
+    # one-vector loop after it, the scalar tail, and in backward both the vector path (input and
+    # output rows at the same 16-byte phase) and the scalar one (different phases).
+    from simper_rs import cuda_check
+
+    block, unroll = 256, 4
+    size = torch.tensor([], dtype=dtype).element_size()
+    per_vec = 16 // size
+    heads, bodies, tails, remainders, same_phase = set(), set(), set(), set(), set()
+    for case in cuda_check.CASES:
+        logits, _ = cuda_check._problem(case, dtype, torch.device("cpu"))
+        v = case.vocab
+        for start, out in _rows_read(case, logits):
+            head = min(((16 - start % 16) % 16) // size, v)
+            nvec = (v - head) // per_vec
+            heads.add(head > 0)
+            bodies.add(nvec > (unroll - 1) * block)  # thread 0 runs the unrolled loop at least once
+            remainders.add(nvec % (unroll * block) > 0)
+            tails.add((v - head) % per_vec > 0)
+            same_phase.add(start % 16 == out % 16)
+    assert True in heads and bodies == {True} and True in remainders and True in tails
+    assert same_phase == {True, False}
+    assert cuda_check.VOCAB % 8 != 0 and cuda_check.VOCAB % 4 != 0

@@ -35,6 +35,7 @@ from .ops import (  # noqa: E402
     sequence_logps_with_stats,
     token_logps,
 )
+from .cuda_check import CudaCheckResult, cuda_self_check  # noqa: E402
 from . import numpy  # noqa: E402  (simper_rs.numpy: the same kernels on numpy arrays)
 
 __version__ = _core.__version__
@@ -54,5 +55,7 @@ __all__ = [
     "DILLoss",
     "PreferenceLossOutput",
     "ESTIMATORS",
+    "cuda_self_check",
+    "CudaCheckResult",
     "__version__",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "cuda_supported_archs",
     "cuda_kernel_resource_usage",
     "cuda_kernel_status",
+    "cuda_backward_in_place",
     "numpy_token_logps",
     "numpy_sequence_logps",
     "numpy_simper_loss",
@@ -208,3 +209,13 @@ def cuda_compile_kernel(arch: str = "sm_90") -> bytes: ...
 def cuda_supported_archs() -> List[int]: ...
 def cuda_kernel_resource_usage(sm: int = 90) -> str: ...
 def cuda_kernel_status(ordinal: int) -> Optional[str]: ...
+def cuda_backward_in_place(
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    grad_logps: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    cuda_stream: int,
+    logit_scale: Optional[float] = None,
+    logit_softcap: Optional[float] = None,
+) -> None: ...

@@ -2,7 +2,9 @@
 
 Each check is one line; a line marked ``!!`` is something that cannot work. The exit status is
 1 when a check that matters fails: always for the CPU kernel, and for CUDA when a GPU is visible
-(a GPU whose kernel cannot run falls back to slower libtorch ops) or ``--device cuda`` asks for it.
+(a GPU whose kernel cannot run, or fails its self-check, falls back to slower libtorch ops) or
+``--device cuda`` asks for it. The CUDA kernel's self-check (:func:`simper_rs.cuda_self_check`)
+runs on every GPU, one line per dtype with its time.
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import ctypes
 import os
 import platform
 import sys
+import time
 from typing import List, Optional, Tuple
 
 import torch
 
-from . import _core, _cuda
+from . import _core, _cuda, cuda_check
 
 Line = Tuple[str, str, bool]  # (topic, text, ok)
 
@@ -74,9 +77,30 @@ def _cuda_lines(want_cuda: bool) -> List[Line]:
     for index in range(torch.cuda.device_count() if available else 0):
         name = torch.cuda.get_device_name(index)
         major, minor = torch.cuda.get_device_capability(index)
+        start = time.perf_counter()
         reason = _cuda.kernel_unavailable_reason(torch.device("cuda", index))
-        text = f"cuda:{index} {name} (sm_{major}{minor}): " + ("kernel compiled and loaded" if reason is None else f"kernel cannot run: {reason}")
+        loaded = f"kernel compiled and loaded ({_seconds(time.perf_counter() - start)})"
+        text = f"cuda:{index} {name} (sm_{major}{minor}): " + (loaded if reason is None else f"kernel cannot run: {reason}")
         lines.append(("CUDA kernel", text, reason is None))
+    return lines + _self_check_lines()
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _self_check_lines() -> List[Line]:
+    """The kernel's self-check on every GPU where it loads, one line per dtype: passed or what
+    failed, and its time (a failure means that device and dtype fall back to libtorch ops)."""
+    lines: List[Line] = []
+    for result in cuda_check.cuda_self_check():
+        if result.device.startswith("cuda") and _cuda.kernel_unavailable_reason(torch.device(result.device)) is not None:
+            continue  # the CUDA kernel line above already says why it cannot run
+        where = f"{result.device} {result.dtype:<8}"
+        if result.passed:
+            lines.append(("self-check", f"{where} passed ({_seconds(result.seconds)})", True))
+        else:
+            lines.append(("self-check", f"{where} FAILED ({_seconds(result.seconds)}): {result.failure}; libtorch ops are used instead", False))
     return lines
 
 

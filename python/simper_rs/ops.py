@@ -13,7 +13,9 @@ one write backward, no ``[B, T, V]`` intermediate): Rust + rayon for CPU tensors
 (compiled at first use by NVRTC, queued on PyTorch's current stream) for float32, bfloat16 and
 float16 CUDA tensors. ``"torch"`` is plain libtorch ops (any device and dtype, and the in-package
 reference). ``"auto"`` (default) takes ``"rust"`` where it runs, else ``"torch"``; where the CUDA
-kernel cannot run (no NVRTC, no driver) it says why once, in a ``RuntimeWarning``.
+kernel cannot run (no NVRTC, no driver) it says why once, in a ``RuntimeWarning``. Before the
+CUDA kernel serves a (device, dtype) it passes a self-check against the libtorch path
+(:mod:`simper_rs.cuda_check`); where it fails, ``"auto"`` warns once and uses libtorch ops.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from . import _core, _cuda
+from . import _core, _cuda, cuda_check
 
 __all__ = [
     "token_logps",
@@ -163,10 +165,13 @@ def _linear_token_logps(
 
 def linear_cuda_stream(hidden: torch.Tensor) -> Optional[int]:
     """PyTorch's current stream when the CUDA kernel takes the fused-linear chunks (the fused-linear
-    ops pass it to the Rust side), else None (the chunks' softmax then runs through libtorch)."""
-    if _cuda_kernel_runs(hidden):
-        return _cuda.current_stream(hidden.device)
-    return None
+    ops pass it to the Rust side), else None (the Rust side then runs the chunks' softmax through
+    libtorch ops). The kernel takes them only once it has passed its self-check for this device
+    and dtype."""
+    if not _cuda_kernel_runs(hidden):
+        return None
+    # A device simulated by the tests has no stream; the Rust side runs CPU tensors on CPU whatever it is given.
+    return _cuda.current_stream(hidden.device) if hidden.is_cuda else 0
 
 
 @_linear_token_logps.register_fake
@@ -253,9 +258,20 @@ _check_linear_inputs = torch.compiler.disable(_core.check_linear_logps_inputs)
 _CUDA_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _on_kernel_device(tensor: torch.Tensor) -> bool:
+    """A CUDA tensor (or one on a device the tests simulate a GPU with, see simper_rs.cuda_check)."""
+    return tensor.is_cuda or cuda_check.is_simulated(tensor.device)
+
+
 def _cuda_kernel_runs(tensor: torch.Tensor) -> bool:
-    """Whether the CUDA kernel takes this CUDA tensor (dtype, and the kernel loads on its device)."""
-    return tensor.is_cuda and tensor.dtype in _CUDA_KERNEL_DTYPES and _cuda.kernel_unavailable_reason(tensor.device) is None
+    """Whether the CUDA kernel takes this CUDA tensor: its dtype, the kernel loads on its device,
+    and it passed its self-check there for this dtype (run at this first use; a failure warns
+    once and the libtorch-ops path takes over)."""
+    if not _on_kernel_device(tensor) or tensor.dtype not in _CUDA_KERNEL_DTYPES:
+        return False
+    if tensor.is_cuda and _cuda.kernel_unavailable_reason(tensor.device) is not None:
+        return False
+    return cuda_check.kernel_trusted(tensor.device, tensor.dtype)
 
 
 def _resolve_backend(backend: str, logits: torch.Tensor) -> str:
@@ -264,17 +280,23 @@ def _resolve_backend(backend: str, logits: torch.Tensor) -> str:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     device = logits.device.type
+    kernel_device = _on_kernel_device(logits)
     if backend == "auto":
-        return "rust" if device == "cpu" or _cuda_kernel_runs(logits) else "torch"
-    if backend == "rust" and device == "cuda":
+        if kernel_device:
+            return "rust" if _cuda_kernel_runs(logits) else "torch"
+        return "rust" if device == "cpu" else "torch"
+    if backend == "rust" and kernel_device:
         if logits.dtype not in _CUDA_KERNEL_DTYPES:
             raise ValueError(
                 f"backend='rust' on CUDA takes float32, bfloat16 or float16 logits, got {logits.dtype}; "
                 "use backend='auto' (float64 then runs through libtorch ops)"
             )
-        reason = _cuda.kernel_unavailable_reason(logits.device)
+        reason = _cuda.kernel_unavailable_reason(logits.device) if logits.is_cuda else None
         if reason is not None:
             raise RuntimeError(f"backend='rust': the CUDA kernel cannot run on {logits.device}: {reason}")
+        failed = cuda_check.failure(logits.device, logits.dtype)
+        if failed is not None:
+            raise RuntimeError(f"backend='rust': {failed}; backend='auto' uses libtorch ops instead")
     elif backend == "rust" and device != "cpu":
         raise ValueError(
             f"backend='rust' runs on CPU and CUDA tensors, but logits are on {logits.device}; "

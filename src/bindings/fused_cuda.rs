@@ -169,3 +169,47 @@ pub fn cuda_kernel_resource_usage(py: Python<'_>, sm: i32) -> PyResult<String> {
 pub fn cuda_supported_archs() -> PyResult<Vec<i32>> {
     Ok(crate::cuda::supported_archs()?)
 }
+
+/// The in-place backward the fused-linear op runs on each chunk of logits, for the kernel's
+/// self-check (`simper_rs.cuda_check`): overwrites `rows` `[n, V]` (a contiguous CUDA tensor of
+/// float32, bfloat16 or float16) with g·(onehot(target) − exp(row − lse)), zero where the target
+/// is `ignore_index`; `targets` (int64), `grad_logps` and `lse` are `[n]` on the same device.
+#[pyfunction]
+#[pyo3(signature = (rows, targets, grad_logps, lse, ignore_index, cuda_stream, logit_scale = None, logit_softcap = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn cuda_backward_in_place(
+    py: Python<'_>,
+    rows: pyo3_tch::PyTensor,
+    targets: pyo3_tch::PyTensor,
+    grad_logps: pyo3_tch::PyTensor,
+    lse: pyo3_tch::PyTensor,
+    ignore_index: i64,
+    cuda_stream: u64,
+    logit_scale: Option<f64>,
+    logit_softcap: Option<f64>,
+) -> PyResult<()> {
+    py.allow_threads(move || -> Result<()> {
+        let transform = crate::bindings::torch::logit_transform(logit_scale, logit_softcap)?;
+        cuda_ordinal("rows", &rows)?;
+        element_kind(rows.kind())?;
+        if rows.dim() != 2 || !rows.is_contiguous() {
+            return Err(Error::value(format!("rows must be a contiguous [n, V] tensor, got shape {:?}", rows.size())));
+        }
+        let n = rows.size()[0];
+        for (name, tensor) in [("targets", &targets), ("grad_logps", &grad_logps), ("lse", &lse)] {
+            if tensor.size() != [n] || tensor.device() != rows.device() {
+                return Err(Error::value(format!(
+                    "{name} must be [{n}] on {:?} like the rows, got {:?} on {:?}",
+                    rows.device(),
+                    tensor.size(),
+                    tensor.device()
+                )));
+            }
+        }
+        if targets.kind() != Kind::Int64 {
+            return Err(Error::type_(format!("targets must be int64, got {}", dtype_name(targets.kind()))));
+        }
+        backward_in_place(&rows, &targets, ignore_index, transform, &grad_logps, &lse, cuda_stream)
+    })?;
+    Ok(())
+}
