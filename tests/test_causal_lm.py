@@ -225,3 +225,21 @@ def test_add_logps_forward_is_idempotent_and_generation_is_untouched():
     assert model.forward is forward
     out = model.generate(batch()["input_ids"][:1, :3], max_new_tokens=2, do_sample=False)
     assert out.shape == (1, 5)
+
+
+def test_a_vocabulary_padded_beyond_the_real_one_keeps_only_the_real_entries():
+    # Inkling's logits are logits[..., :unpadded_vocab_size]: the fused op uses those rows of the head.
+    from architectures import tiny_config
+
+    config, kwargs = tiny_config("inkling_text", vocab_size=VOCAB)
+    config = type(config)(**{**kwargs, "unpadded_vocab_size": 50})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(30.0)
+    inputs = batch()
+    inputs = {k: v.remainder(50) if k != "attention_mask" else v for k, v in inputs.items()}
+    inputs["labels"] = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    inputs["labels"][:, :3] = -100
+    assert model_transform(model).vocab_limit == 50
+    assert_fused_equals_plain(model, inputs)
