@@ -80,9 +80,10 @@ def snapshot(values):
 
 
 def unchanged(before, values):
+    """Every input tensor / array holds what it held before the call (NaN where it held NaN)."""
     for b, v in zip(before, values):
         if isinstance(v, torch.Tensor) and b is not None:
-            assert torch.equal(b.detach(), v.detach()) or (b.isnan() == v.isnan()).all(), "an input tensor was modified"
+            torch.testing.assert_close(v.detach(), b.detach(), rtol=0, atol=0, equal_nan=True, msg="an input tensor was modified")
         if isinstance(v, np.ndarray):
             np.testing.assert_array_equal(b, v)
 
@@ -100,7 +101,9 @@ def nan_and_inf_behaviour(name):
         logits[0, 2, 0] = float("nan")
     else:
         logits[1, 1, 3], logits[2, 2, 4] = float("inf"), float("-inf")
+    before = snapshot([logits, labels])
     ours = simper_rs.token_logps(logits, labels, backend="rust")
+    unchanged(before, [logits, labels])
     theirs = ref.token_logps(logits, labels)
     assert torch.equal(ours.isnan(), theirs.isnan())
     finite = ~theirs.isnan()
