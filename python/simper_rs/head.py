@@ -17,6 +17,7 @@ This module knows nothing of transformers: :mod:`simper_rs.integrations` builds 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -95,10 +96,19 @@ def run_as_head_forward(
         if vocab_limit is not None:
             weight, bias = weight[:vocab_limit], bias[:vocab_limit] if bias is not None else None
         resolved = transform(owner) if callable(transform) else transform
-        return compute(hidden, weight.to(hidden.dtype), bias.to(hidden.dtype) if bias is not None else None, resolved)
+        result = compute(hidden, weight.to(hidden.dtype), bias.to(hidden.dtype) if bias is not None else None, resolved)
+        # The engines' forward hooks attach their backward hooks (ZeRO-3's parameter fetch,
+        # FSDP2's unshard) to the tensors of the module's output, found by walking tuples,
+        # lists and dicts: a dataclass is handed over as a tuple of its fields.
+        if dataclasses.is_dataclass(result):
+            kind[0] = type(result)
+            return tuple(getattr(result, f.name) for f in dataclasses.fields(result))
+        return result
 
+    kind = [None]
     with forward_replaced(owner, fused_forward):
-        return head(hidden)
+        out = head(hidden)
+    return kind[0](*out) if kind[0] is not None else out
 
 
 def head_token_logps(
