@@ -50,30 +50,6 @@ def test_extension_records_the_torch_it_was_built_against():
     assert simper_rs._core.TORCH_VERSION.split("+")[0] == torch.__version__.split("+")[0]
 
 
-def load_backend():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "build_backend" / "simper_rs_build.py"
-    spec = importlib.util.spec_from_file_location("simper_rs_build", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_supported_releases_agree_with_the_build_backend_and_the_patch():
-    from pathlib import Path
-
-    from simper_rs._torch_version import SUPPORTED_TORCH
-
-    root = Path(__file__).resolve().parent.parent
-    assert load_backend().SUPPORTED_TORCH == SUPPORTED_TORCH
-    patch = (root / "patches" / "torch-sys-0.26.0.patch").read_text()
-    listed = ", ".join(f'"{s}"' for s in SUPPORTED_TORCH)
-    assert f"+const SUPPORTED_TORCH_SERIES: [&str; {len(SUPPORTED_TORCH)}] = [{listed}];" in patch
-    assert f'"torch>={SUPPORTED_TORCH[0]},<2.{int(SUPPORTED_TORCH[-1].split(".")[1]) + 1}"' in (root / "pyproject.toml").read_text()
-
-
 def test_failed_load_is_explained(monkeypatch):
     from simper_rs import _torch_version
 
