@@ -1,5 +1,6 @@
 """simper_rs.trl: SimPER and DIL inside TRL's DPOTrainer, against plain-PyTorch references."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,13 +288,45 @@ def test_bad_trainer_arguments(tmp_path, tokenizer):
         SimPERTrainer(model=model, args=config(tmp_path), train_dataset=text_records(4), processing_class=tokenizer)
 
 
-def test_unsupported_trl_release_is_a_clear_import_error(monkeypatch):
-    monkeypatch.setattr(trl, "__version__", "1.17.0")
-    with pytest.raises(ImportError, match=r'TRL >=1.16,<1.17.*1.17.0 is installed: pip install "simper_rs\[trl\]"'):
+@pytest.mark.parametrize("release", ["1.13.0", "1.17.0", "2.0.0"])
+def test_unsupported_trl_release_is_a_clear_import_error(monkeypatch, release):
+    monkeypatch.setattr(trl, "__version__", release)
+    with pytest.raises(ImportError, match=rf'TRL >=1.14,<1.17 .*but TRL {re.escape(release)} is installed: pip install "simper_rs\[trl\]" \(trl>=1.14,<1.17 with transformers>=5.20\)'):
         strl._import_trl()
     monkeypatch.setitem(sys.modules, "trl", None)
     with pytest.raises(ImportError, match=r'needs TRL: pip install "simper_rs\[trl\]"'):
         strl._import_trl()
+
+
+@pytest.mark.parametrize("release", ["1.14.0", "1.14.1", "1.15.0", "1.16.0", "1.16.9"])
+def test_supported_trl_releases_import(monkeypatch, release):
+    monkeypatch.setattr(trl, "__version__", release)
+    assert strl._import_trl() is trl
+
+
+def test_transformers_older_than_tested_is_a_clear_import_error(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.19.0")
+    with pytest.raises(ImportError, match=r"supports transformers >=5.20 \(with TRL >=1.14,<1.17\), but transformers 5.19.0 is installed"):
+        strl._import_trl()
+
+
+def test_trl_release_differences_follow_the_installed_trl(tmp_path, tokenizer):
+    """The compatibility section's switch is the installed release, and what it changes happens."""
+    from packaging.version import Version
+
+    assert strl._TRL_1_15 == (Version(trl.__version__) >= Version("1.15"))
+    from trl.trainer import dpo_trainer
+
+    # 1.15+ keeps the precompute cache's model hash in the trainer; 1.14 computes it in _precompute_ref_logps
+    assert ("_precompute_model_hash" in Path(dpo_trainer.__file__).read_text()) == strl._TRL_1_15
+    args = config(tmp_path, use_liger_kernel=True)
+    if strl._TRL_1_15:
+        strl._check_release_options(args)  # only Liger's layer kernels there
+    else:
+        with pytest.raises(ValueError, match="use_liger_kernel=True: on TRL 1.14 it routes the loss through TRL's chunked"):
+            SimPERTrainer(model=build_tiny_model(tokenizer), args=args, train_dataset=text_records(4), processing_class=tokenizer)
 
 
 def run_worker(args, out, fused, zero3=False):
