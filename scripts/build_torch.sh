@@ -115,5 +115,6 @@ cp "$TARGET/release/libsimper_rs.so" "$OUT/simper_rs/_core.cpython-${PY_VERSION/
 echo "packed $OUT (torch $SERIES, CPython $PY_VERSION): PYTHONPATH=$OUT python3 -c 'import simper_rs'"
 if [ "$MODE" = "--test" ]; then
     PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -c "import simper_rs, torch; print('testing simper_rs built for torch', simper_rs._core.TORCH_VERSION, 'under torch', torch.__version__)"
-    PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -m pytest -q "$@"
+    # the build's variables stay out of the tests (some build or inspect the build themselves)
+    env -u CARGO_TARGET_DIR -u SIMPER_RS_TORCH_LIB -u PYO3_CONFIG_FILE PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -m pytest -q "$@"
 fi

@@ -26,6 +26,9 @@ run() {  # one progress line per step; the full output in $log
 }
 fail() { echo "$*" >&2; exit 1; }
 
+# The torch 2.13 builds reuse scripts/dev.sh's Cargo folder (same torch release); another
+# release builds in the backend's target/torch-2.N.
+export CARGO_TARGET_DIR="$repo/target"
 run "building the torch 2.13 wheel (pip wheel . through the build backend)" python -m pip wheel --no-deps --wheel-dir "$work/wheels" .
 wheel=$(ls "$work"/wheels/simper_rs-*.whl)
 torch_pin=$(python -m zipfile -e "$wheel" "$work/unpacked" && grep '^Requires-Dist: torch' "$work"/unpacked/simper_rs-*.dist-info/METADATA)
@@ -51,6 +54,7 @@ run "installing the wheel (with [train]) with no Rust toolchain on PATH" env PAT
 run "pip install <checkout> (default build isolation)" "$user_python" -m pip install --force-reinstall --no-deps "$repo"
 (cd "$work" && "$user_python" "$repo/scripts/smoke_test.py")
 rm -rf "$work/venv"
+unset CARGO_TARGET_DIR
 
 # The torch stack a user of another release has: everything pinned except torch and its own
 # CUDA / triton wheels, which come with that torch from PyPI.

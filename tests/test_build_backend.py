@@ -264,10 +264,11 @@ def test_each_torch_release_builds_in_its_own_target_folder(backend, monkeypatch
     probe_as(monkeypatch, backend, ["2.14.1"])
     monkeypatch.setattr(backend, "_patch_torch_sys", lambda: None)
     monkeypatch.delenv("CARGO_TARGET_DIR", raising=False)
+    monkeypatch.setenv("SIMPER_RS_TORCH_LIB", "before")
     with backend._against_users_torch() as series:
         import os
 
         assert series == "2.14"
         assert os.environ["CARGO_TARGET_DIR"] == str(ROOT / "target" / "torch-2.14")
         assert os.environ["SIMPER_RS_TORCH_LIB"] == "/env/site-packages/torch/lib"
-    assert "CARGO_TARGET_DIR" not in os.environ and "SIMPER_RS_TORCH_LIB" not in os.environ
+    assert "CARGO_TARGET_DIR" not in os.environ and os.environ["SIMPER_RS_TORCH_LIB"] == "before"  # restored

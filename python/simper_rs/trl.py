@@ -308,7 +308,7 @@ class _PreferenceLossTrainer(DPOTrainer):
                 f"{type(self).__name__}; set it to 0.0"
             )
         self._use_fused_linear = bool(args.use_fused_linear)  # read by the reference precompute inside __init__
-        # TRL (1.14 to 1.16) turns padding_free off ("temporarily unavailable"); here it packs each batch
+        # TRL 1.16 turns padding_free off ("temporarily unavailable"); here it packs each batch
         # into one row with this package's collator and segment reductions.
         self._padding_free = bool(args.padding_free)
         if self._padding_free:
