@@ -8,6 +8,9 @@
 #      torch, installed from PyPI with its CUDA wheels as a user has it: `pip install <checkout>`
 #      there must build against it and leave it exactly as it was (same version, same files).
 # Each is followed by scripts/smoke_test.py, run outside the checkout.
+#
+#   bash scripts/check_install.sh                 all of it (CI)
+#   bash scripts/check_install.sh --torch 2.14    only 3., for the releases named
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -29,6 +32,14 @@ fail() { echo "$*" >&2; exit 1; }
 # The torch 2.13 builds reuse scripts/dev.sh's Cargo folder (same torch release); another
 # release builds in the backend's target/torch-2.N.
 export CARGO_TARGET_DIR="$repo/target"
+only_other_torch=0
+if [ "${1:-}" = "--torch" ]; then
+    shift
+    only_other_torch=1
+    TORCH_RELEASES="$*"
+fi
+
+if [ $only_other_torch = 0 ]; then
 run "building the torch 2.13 wheel (pip wheel . through the build backend)" python -m pip wheel --no-deps --wheel-dir "$work/wheels" .
 wheel=$(ls "$work"/wheels/simper_rs-*.whl)
 torch_pin=$(python -m zipfile -e "$wheel" "$work/unpacked" && grep '^Requires-Dist: torch' "$work"/unpacked/simper_rs-*.dist-info/METADATA)
@@ -55,6 +66,7 @@ run "pip install <checkout> (default build isolation)" "$user_python" -m pip ins
 (cd "$work" && "$user_python" "$repo/scripts/smoke_test.py")
 rm -rf "$work/venv"
 unset CARGO_TARGET_DIR
+fi
 
 # The torch stack a user of another release has: everything pinned except torch and its own
 # CUDA / triton wheels, which come with that torch from PyPI.
