@@ -116,5 +116,7 @@ echo "packed $OUT (torch $SERIES, CPython $PY_VERSION): PYTHONPATH=$OUT python3 
 if [ "$MODE" = "--test" ]; then
     PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -c "import simper_rs, torch; print('testing simper_rs built for torch', simper_rs._core.TORCH_VERSION, 'under torch', torch.__version__)"
     # the build's variables stay out of the tests (some build or inspect the build themselves)
-    env -u CARGO_TARGET_DIR -u SIMPER_RS_TORCH_LIB -u PYO3_CONFIG_FILE PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -m pytest -q "$@"
+    # (.venv's bin/ after this venv's: tools that tests run, such as DeepSpeed's ninja, come from there)
+    env -u CARGO_TARGET_DIR -u SIMPER_RS_TORCH_LIB -u PYO3_CONFIG_FILE PATH="$VENV/bin:$(cd "$MAIN_VENV" && pwd)/bin:$PATH" \
+        PYTHONPATH="$ROOT/$OUT" "$VENV/bin/python" -m pytest -q "$@"
 fi
