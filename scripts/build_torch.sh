@@ -12,9 +12,11 @@
 # (target/torch-SERIES: torch-sys's C++ is compiled against one torch's headers); 2.11 builds
 # variants/torch-2.11 (tch 0.24). PY_VERSION (default: this .venv's Python) picks the CPython the
 # extension is for. The torch is fetched from PyPI into .venv-torchNNN (e.g. .venv-torch215)
-# without its CUDA wheels, whose libraries `import torch` needs and which are borrowed, with every
-# other Python package, from .venv (`bash scripts/dev.sh setup` makes it). A user's environment
-# has its own CUDA wheels; this is the cheap way to build and test several torch releases here.
+# without most of its CUDA wheels: `import torch` needs their libraries, which are borrowed, with
+# every other Python package, from .venv (`bash scripts/dev.sh setup` makes it), except the
+# nvidia-* wheels this torch pins at other versions than .venv has (installed here). A user's
+# environment has its own CUDA wheels; this is the cheap way to build and test several torch
+# releases here (scripts/check_install.sh installs torch 2.15 as a user does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -44,7 +46,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$MAIN_VENV/bin/python" -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$SERIES.'))" 2>/dev/null; then
-    echo "fetching torch $SERIES into $VENV (without its CUDA wheels: borrowed from $MAIN_VENV)"
+    echo "fetching torch $SERIES into $VENV (its CUDA libraries borrowed from $MAIN_VENV where the versions agree)"
     # torch's own pure-Python needs first, then torch alone (no CUDA wheels: see above).
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check typing_extensions sympy filelock networkx jinja2 fsspec
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "torch==$SERIES.*"
