@@ -205,7 +205,10 @@ def test_precomputed_reference_averages_never_reuse_dpo_sums(tmp_path, tokenizer
     dataset = load_from_disk(str(tmp_path / "data"))  # backed by files, so TRL's cache is used, as with load_dataset
     ref_model = build_tiny_model(tokenizer, seed=4)
     common = dict(precompute_ref_log_probs=True)
-    dpo = trl.DPOTrainer(
+    # TRL 1.15's own DPOTrainer runs its Triton log-prob kernel on CPU tensors when triton is
+    # installed (and fails; 1.16 checks the device), so there DPO's half of this cannot run.
+    dpo_runs = trl.__version__.split(".")[:2] != ["1", "15"] or not _triton_installed()
+    dpo = dpo_runs and trl.DPOTrainer(
         model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model,
         args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], train_sampling_strategy="sequential",
                            per_device_train_batch_size=4, max_length=None, **common),
@@ -215,11 +218,18 @@ def test_precomputed_reference_averages_never_reuse_dpo_sums(tmp_path, tokenizer
         model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model, args=config(tmp_path, DILConfig, reference_free=False, max_length=None, **common),
         train_dataset=dataset, processing_class=tokenizer,
     )
-    sums, averages = first_batch(dpo)["ref_chosen_logps"], first_batch(dil)["ref_chosen_logps"]
+    averages = first_batch(dil)["ref_chosen_logps"]
     with torch.no_grad():
         want = reference_average_logps(ref_model, first_batch(dil)).chunk(2)[0]
     torch.testing.assert_close(averages, want)
-    assert (sums < averages * 2).all()  # DPO's are sums over several tokens
+    if dpo_runs:
+        assert (first_batch(dpo)["ref_chosen_logps"] < averages * 2).all()  # DPO's are sums over several tokens
+
+
+def _triton_installed():
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def test_simper_never_builds_or_runs_a_reference_model(tmp_path, tokenizer, monkeypatch):
