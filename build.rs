@@ -15,6 +15,9 @@ fn main() {
     if let Some(lib_dir) = lib_dir {
         let lib_dir = std::path::PathBuf::from(lib_dir);
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+        // torch-sys's own search path is cached with its build (see above), and that environment
+        // may be gone: link against this one.
+        println!("cargo:rustc-link-search=native={}", lib_dir.display());
         // torch/lib/.. holds torch/version.py: `__version__ = '2.13.0+cu130'`.
         let version_file = lib_dir.join("..").join("version.py");
         println!("cargo:rerun-if-changed={}", version_file.display());

@@ -49,6 +49,9 @@ setup() {
             -r <(python scripts/extras.py train trl dev)
         cp "$CONSTRAINTS" "$stamp"
     fi
+    # torch-sys with this project's patch (patches/: C++20 and the ATen functions torch 2.15
+    # removed), made from the crate Cargo fetched; a no-op once done.
+    step "patching torch-sys (patches/apply.py)" python patches/apply.py
     # LIBTORCH_USE_PYTORCH=1 (from .cargo/config.toml) builds against the venv's torch.
     step "building the Rust extension (the first build compiles libtorch's C++ bindings)" \
         maturin develop --release --extras train,trl,dev

@@ -41,6 +41,15 @@ for backend in ("rust", "torch"):
 out = simper_rs.SimPERLoss()(logits, labels)
 out.loss.backward()
 check("SimPERLoss forward and backward", logits.grad is not None and torch.isfinite(logits.grad).all().item())
+# SimPER's loss and its gradient against plain PyTorch in float64: -exp(chosen) + exp(rejected) of
+# the average log-probs, rows [chosen; rejected].
+plain = logits.detach().double().requires_grad_()
+logp = torch.log_softmax(plain[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None]).squeeze(-1)
+average = (logp * mask).sum(-1) / mask.sum(-1)
+plain_loss = (-average[:2].exp() + average[2:].exp()).mean()
+plain_loss.backward()
+check(f"SimPERLoss {out.loss.item():.6f} and its gradient equal plain PyTorch's ({plain_loss.item():.6f})",
+      abs(out.loss.item() - plain_loss.item()) < 1e-5 and torch.allclose(logits.grad.double(), plain.grad, atol=1e-6))
 chosen, rejected = want[:2].float(), want[2:].float()
 check("simper_loss formula", torch.allclose(simper_rs.simper_loss(chosen, rejected), (-chosen.exp() + rejected.exp()).mean()))
 for estimator in simper_rs.ESTIMATORS:

@@ -166,7 +166,7 @@ def table() -> str:
         rows.append(f"| {name} | {result.replace('|', '/')} |")
     rows.append("| saved input modified in place before backward | `RuntimeError` from autograd: ... modified by an inplace operation |")
     rows.append("| saved input's storage freed or resized before backward | `RuntimeError`: logits saved for backward was freed or resized after the forward |")
-    rows.append("| torch other than 2.13 installed | `ImportError`: simper_rs was built for torch 2.13.x but torch X is installed |")
+    rows.append("| torch other than the release it was built for (2.13, 2.14 or 2.15) | `ImportError`: simper_rs was built for torch 2.N.x but torch X is installed |")
     return "\n".join(rows)
 
 

@@ -42,12 +42,15 @@ from .losses import ESTIMATORS, DILLoss, SimPERLoss
 from .ops import reduce_with_stats
 from .trainer import router_loss
 
-SUPPORTED_TRL = ("1.16", "1.17")  # [lower, upper): the releases this module is tested against
+SUPPORTED_TRL = ("1.14", "1.17")  # [lower, upper): TRL 1.14, 1.15 and 1.16, each tested (see _TRL_1_15)
+SUPPORTED_TRANSFORMERS = "5.20"  # the oldest transformers tested with them (axolotl 0.21: trl 1.14.1, transformers 5.20.1)
 
 
 def _import_trl():
-    install = f'pip install "simper_rs[trl]" (trl>={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]})'
+    ranges = f"trl>={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]} with transformers>={SUPPORTED_TRANSFORMERS}"
+    install = f'pip install "simper_rs[trl]" ({ranges})'
     try:
+        import transformers
         import trl
         from packaging.version import Version
     except ImportError as err:
@@ -58,18 +61,49 @@ def _import_trl():
             f"simper_rs.trl supports TRL >={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]} (it subclasses DPOTrainer, whose "
             f"internals change between releases), but TRL {trl.__version__} is installed: {install}"
         )
+    if Version(transformers.__version__) < Version(SUPPORTED_TRANSFORMERS):
+        raise ImportError(
+            f"simper_rs.trl supports transformers >={SUPPORTED_TRANSFORMERS} (with TRL >={SUPPORTED_TRL[0]},<{SUPPORTED_TRL[1]}), "
+            f"but transformers {transformers.__version__} is installed: {install}"
+        )
     return trl
 
 
 _import_trl()
 
 from accelerate.utils import is_peft_model  # noqa: E402
+from packaging.version import Version  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
 from trl.trainer import dpo_trainer as _dpo_module  # noqa: E402
 from trl.trainer.utils import use_adapter  # noqa: E402
 
-__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "PackedPreferenceCollator", "SUPPORTED_TRL"]
+# -- TRL releases. This module runs on the DPOTrainer of TRL 1.14, 1.15 and 1.16; everything it
+# uses is the same in all three except what this section handles:
+# * precomputed-reference cache key: 1.15+ hashes the model once in __init__ into
+#   `_precompute_model_hash`; 1.14 calls `hash_module` inside `_precompute_ref_logps`
+#   (see _PreferenceLossTrainer._precompute_ref_logps, which salts either so that this package's
+#   averages never share a cache file with DPO's sums);
+# * `use_liger_kernel`: 1.15+ only applies Liger's layer kernels (deprecated there); 1.14 also
+#   reroutes compute_loss through `_forward_redirection` around its own chunked log-prob path,
+#   a path this trainer replaces and has not been tested through: refused on 1.14.
+# Not differences for this module: 1.15 moved TRL's own log-probs into a fused lm_head forward
+# (`add_fused_lm_head`; this package wraps whichever forward the model has), and 1.16 only adds
+# checks for PEFT prefix tuning, VLMs and a reference model's dtype.
+_TRL_1_15 = Version(_import_trl().__version__) >= Version("1.15")
+
+
+def _check_release_options(args) -> None:
+    """Refuse options whose meaning differs on the installed TRL release (see above)."""
+    if not _TRL_1_15 and getattr(args, "use_liger_kernel", False):
+        raise ValueError(
+            "use_liger_kernel=True: on TRL 1.14 it routes the loss through TRL's chunked log-prob path, which "
+            "SimPERTrainer / DILTrainer replace (this package's own fused paths need no Liger); set it to False, "
+            "or use TRL 1.15 or 1.16, where it applies Liger's layer kernels only"
+        )
+
+
+__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "PackedPreferenceCollator", "SUPPORTED_TRL", "SUPPORTED_TRANSFORMERS"]
 
 # DPOConfig fields that only TRL's DPO losses or its reference model read. SimPER (and
 # reference-free DIL) refuse a non-default value rather than silently ignore it.
@@ -171,7 +205,7 @@ class DILConfig(_LogpsOptions, DPOConfig):
 def _without_reference_model(model):
     """Run ``DPOTrainer.__init__`` without it building a reference model.
 
-    With no ``ref_model``, no PEFT and no precomputation, TRL 1.16 reloads the policy from
+    With no ``ref_model``, no PEFT and no precomputation, TRL (1.14 to 1.16) reloads the policy from
     ``config._name_or_path`` as the reference. It calls ``create_model_from_path`` at most twice:
     first for the policy when ``model`` is a path, then for the reference; only the first is let through.
     """
@@ -283,6 +317,7 @@ class _PreferenceLossTrainer(DPOTrainer):
                 max_length=args.max_length, truncation_mode=args.truncation_mode, pad_token_id=pad if pad is not None else 0,
                 max_tokens_per_row=args.max_tokens_per_row,
             )
+        _check_release_options(args)
         context = _without_reference_model(model) if self._reference_free else contextlib.nullcontext()
         with context:
             super().__init__(
@@ -361,13 +396,22 @@ class _PreferenceLossTrainer(DPOTrainer):
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         # TRL caches precomputed reference log-probs by (data set, model); DPO's are sums, these are
-        # averages, so they must never share a cache file.
-        model_hash = self._precompute_model_hash
-        self._precompute_model_hash = (model_hash, "simper_rs average log-probs")
+        # averages, so they must never share a cache file: the model's hash gets a salt, where each
+        # TRL release takes it from (see "TRL releases" above).
+        salt = "simper_rs average log-probs"
+        if _TRL_1_15:
+            model_hash = self._precompute_model_hash
+            self._precompute_model_hash = (model_hash, salt)
+            try:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            finally:
+                self._precompute_model_hash = model_hash
+        hash_module = _dpo_module.hash_module  # TRL 1.14
+        _dpo_module.hash_module = lambda module: (hash_module(module), salt)
         try:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         finally:
-            self._precompute_model_hash = model_hash
+            _dpo_module.hash_module = hash_module
 
     # -- loss and metrics
 
