@@ -99,9 +99,9 @@ impl Estimator {
             "bce" => Ok(Self::Bce),
             "ukl" => Ok(Self::Ukl),
             "cpc" => Ok(Self::Cpc),
-            other => Err(Error::value(format!(
-                "estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got '{other}'"
-            ))),
+            other => {
+                Err(Error::value(format!("estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got '{other}'")))
+            }
         }
     }
 }
@@ -120,9 +120,7 @@ impl Reduction {
             "mean" => Ok(Self::Mean),
             "sum" => Ok(Self::Sum),
             "none" => Ok(Self::None),
-            other => Err(Error::value(format!(
-                "reduction must be one of ['mean', 'sum', 'none'], got '{other}'"
-            ))),
+            other => Err(Error::value(format!("reduction must be one of ['mean', 'sum', 'none'], got '{other}'"))),
         }
     }
 
@@ -174,10 +172,7 @@ mod tests {
 
     fn numeric_grads(f: impl Fn(f64, f64) -> f64, a: f64, b: f64) -> (f64, f64) {
         let h = 1e-6;
-        (
-            (f(a + h, b) - f(a - h, b)) / (2.0 * h),
-            (f(a, b + h) - f(a, b - h)) / (2.0 * h),
-        )
+        ((f(a + h, b) - f(a - h, b)) / (2.0 * h), (f(a, b + h) - f(a, b - h)) / (2.0 * h))
     }
 
     const POINTS: [(f64, f64); 5] = [(-0.1, -2.0), (-3.0, -0.5), (0.0, 0.0), (0.7, -1.2), (-8.0, -9.0)];

@@ -7,12 +7,12 @@ use half::{bf16, f16};
 use pyo3::prelude::*;
 use tch::{Device, Kind, Tensor};
 
+use crate::bindings::torch::{accumulation_kind, dtype_name};
 use crate::error::{Error, Result};
 use crate::kernels::element::Logit;
 use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
 use crate::kernels::transform::LogitTransform;
 use crate::threads;
-use crate::bindings::torch::{accumulation_kind, dtype_name};
 
 impl From<KernelError> for Error {
     fn from(err: KernelError) -> Self {
@@ -24,11 +24,26 @@ impl From<KernelError> for Error {
 macro_rules! with_logit_type {
     ($kind:expr, $E:ident => $body:expr) => {
         match $kind {
-            Kind::Float => { type $E = f32; $body }
-            Kind::Double => { type $E = f64; $body }
-            Kind::BFloat16 => { type $E = bf16; $body }
-            Kind::Half => { type $E = f16; $body }
-            other => Err(Error::type_(format!("logits must be float32, float64, bfloat16 or float16, got {}", dtype_name(other)))),
+            Kind::Float => {
+                type $E = f32;
+                $body
+            }
+            Kind::Double => {
+                type $E = f64;
+                $body
+            }
+            Kind::BFloat16 => {
+                type $E = bf16;
+                $body
+            }
+            Kind::Half => {
+                type $E = f16;
+                $body
+            }
+            other => Err(Error::type_(format!(
+                "logits must be float32, float64, bfloat16 or float16, got {}",
+                dtype_name(other)
+            ))),
         }
     };
 }
@@ -47,7 +62,7 @@ fn require_cpu(name: &str, tensor: &Tensor) -> Result<()> {
 ///
 /// SAFETY: `tensor` must hold elements of type `T` and outlive the slice; `len` must not reach
 /// past its storage.
-unsafe fn raw_slice<'a, T>(tensor: &'a Tensor, len: usize) -> &'a [T] {
+unsafe fn raw_slice<T>(tensor: &Tensor, len: usize) -> &[T] {
     if len == 0 {
         return &[];
     }
@@ -55,7 +70,7 @@ unsafe fn raw_slice<'a, T>(tensor: &'a Tensor, len: usize) -> &'a [T] {
 }
 
 /// SAFETY: as [`raw_slice`], and nothing else may access the tensor meanwhile.
-unsafe fn raw_slice_mut<'a, T>(tensor: &'a mut Tensor, len: usize) -> &'a mut [T] {
+unsafe fn raw_slice_mut<T>(tensor: &mut Tensor, len: usize) -> &mut [T] {
     if len == 0 {
         return &mut [];
     }
@@ -75,11 +90,8 @@ fn logits_rows<E: Logit>(logits: &Tensor) -> Result<LogitsRows<'_, E>> {
     let (size, stride) = (logits.size(), logits.stride());
     let shape = [size[0] as usize, size[1] as usize, size[2] as usize];
     let strides = [stride[0] as usize, stride[1] as usize];
-    let span = if shape.iter().any(|&n| n == 0) {
-        0
-    } else {
-        (shape[0] - 1) * strides[0] + (shape[1] - 1) * strides[1] + shape[2]
-    };
+    let span =
+        if shape.contains(&0) { 0 } else { (shape[0] - 1) * strides[0] + (shape[1] - 1) * strides[1] + shape[2] };
     // SAFETY: the dtype was matched to E by the caller; the span ends at the last element.
     let data = unsafe { raw_slice::<E>(logits, span) };
     Ok(LogitsRows::new(data, shape, strides)?)
@@ -102,7 +114,14 @@ pub(crate) type ForwardTensors = (Tensor, Tensor, Tensor, Tensor);
 /// Fused forward on CPU for inputs the caller has validated (`fused_ops`; the fused-linear op checks
 /// its labels once, not once per chunk). The kernel still refuses out-of-range labels and short
 /// buffers.
-pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, transform: LogitTransform) -> Result<ForwardTensors> {
+pub(crate) fn forward_validated(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    with_stats: bool,
+    transform: LogitTransform,
+) -> Result<ForwardTensors> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();
@@ -129,7 +148,15 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> Result<Tensor> {
+pub(crate) fn backward(
+    grad_logps: &Tensor,
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    transform: LogitTransform,
+) -> Result<Tensor> {
     require_cpu("logits", logits)?;
     let logits = rows_view(logits);
     let labels = labels.contiguous();
@@ -183,14 +210,22 @@ fn advise_huge_pages(tensor: &Tensor) {
 
 /// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
 /// the gradient with respect to them, before `transform`); `targets`, `grad_logps` and `lse` are `[n]`.
-pub(crate) fn backward_in_place(logits: &mut Tensor, targets: &Tensor, ignore_index: i64, transform: LogitTransform, grad_logps: &Tensor, lse: &Tensor) -> Result<()> {
+pub(crate) fn backward_in_place(
+    logits: &mut Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    transform: LogitTransform,
+    grad_logps: &Tensor,
+    lse: &Tensor,
+) -> Result<()> {
     require_cpu("logits", logits)?;
     if !logits.is_contiguous() || logits.dim() != 2 {
         return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
     }
     let vocab = logits.size()[1] as usize;
     let acc = accumulation_kind(logits.kind());
-    let (targets, grad_logps, lse) = (targets.contiguous(), grad_logps.to_kind(acc).contiguous(), lse.to_kind(acc).contiguous());
+    let (targets, grad_logps, lse) =
+        (targets.contiguous(), grad_logps.to_kind(acc).contiguous(), lse.to_kind(acc).contiguous());
     with_logit_type!(logits.kind(), E => {
         let rows = tensor_slice_mut::<E>(logits);
         let (labels, upstream, lse) = (tensor_slice::<i64>(&targets), tensor_slice(&grad_logps), tensor_slice(&lse));

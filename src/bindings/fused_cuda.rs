@@ -10,11 +10,11 @@ use std::ffi::c_void;
 use pyo3::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows, Transform};
-use crate::kernels::transform::LogitTransform;
-use crate::error::{Error, Result};
 use crate::bindings::fused_cpu::{rows_view, ForwardTensors};
 use crate::bindings::torch::dtype_name;
+use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows, Transform};
+use crate::error::{Error, Result};
+use crate::kernels::transform::LogitTransform;
 
 fn cuda_ordinal(name: &str, tensor: &Tensor) -> Result<i32> {
     match tensor.device() {
@@ -39,7 +39,14 @@ fn element_kind(kind: Kind) -> Result<ElementKind> {
 /// labels: the positions with a label after the shift, and the strides to reach their rows.
 fn kernel_rows(logits: &Tensor, shift: bool) -> Rows {
     let (size, stride) = (logits.size(), logits.stride());
-    Rows { used: size[1] - shift as i64, vocab: size[2], batch_stride: stride[0], position_stride: stride[1], labels_stride: size[1], shift: shift as i64 }
+    Rows {
+        used: size[1] - shift as i64,
+        vocab: size[2],
+        batch_stride: stride[0],
+        position_stride: stride[1],
+        labels_stride: size[1],
+        shift: shift as i64,
+    }
 }
 
 /// A pointer to a kernel parameter, as cuLaunchKernel takes them.
@@ -50,7 +57,15 @@ fn param<T>(value: &T) -> *mut c_void {
 /// Forward on CUDA after the caller's validation: (logps, lse, entropy, correct), float32 [B, T'].
 /// `logits` is [B, T, V] with any batch and position strides; `labels` [B, T].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, with_stats: bool, transform: LogitTransform, stream: u64) -> Result<ForwardTensors> {
+pub(crate) fn forward_validated(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    with_stats: bool,
+    transform: LogitTransform,
+    stream: u64,
+) -> Result<ForwardTensors> {
     let ordinal = cuda_ordinal("logits", logits)?;
     let element = element_kind(logits.kind())?;
     let logits = rows_view(logits);
@@ -65,7 +80,8 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
     let correct = Tensor::empty(stats_shape, options);
     let kernels = kernels(ordinal)?;
     let (logits_ptr, labels_ptr) = (logits.data_ptr(), labels.data_ptr());
-    let (logps_ptr, lse_ptr, entropy_ptr, correct_ptr) = (logps.data_ptr(), lse.data_ptr(), entropy.data_ptr(), correct.data_ptr());
+    let (logps_ptr, lse_ptr, entropy_ptr, correct_ptr) =
+        (logps.data_ptr(), lse.data_ptr(), entropy.data_ptr(), correct.data_ptr());
     let with_stats = with_stats as i32;
     let transform = Transform::from(transform);
     let mut params = [
@@ -82,14 +98,26 @@ pub(crate) fn forward_validated(logits: &Tensor, labels: &Tensor, ignore_index: 
     ];
     // SAFETY: the parameters match `logps_forward_*`; every buffer lives on this device and is
     // held by a tensor that PyTorch's caching allocator keeps for the stream the kernel runs on.
-    unsafe { kernels.launch(Kernel::Forward(element, transform.kind), size[0] * used, &mut params, stream as usize as _)? };
+    unsafe {
+        kernels.launch(Kernel::Forward(element, transform.kind), size[0] * used, &mut params, stream as usize as _)?
+    };
     Ok((logps, lse, entropy, correct))
 }
 
 /// Backward on CUDA: the gradient of `logits`, [B, T, V] contiguous, written by `grad` rows of the
 /// kernel. `out` may be the logits themselves when they are a contiguous buffer the caller owns.
 #[allow(clippy::too_many_arguments)]
-fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform, stream: u64) -> Result<()> {
+fn backward_into(
+    out: &Tensor,
+    grad_logps: &Tensor,
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    transform: LogitTransform,
+    stream: u64,
+) -> Result<()> {
     let ordinal = cuda_ordinal("logits", logits)?;
     let element = element_kind(logits.kind())?;
     let labels = labels.contiguous();
@@ -98,7 +126,8 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
     let size = logits.size();
     let rows = kernel_rows(logits, shift);
     let kernels = kernels(ordinal)?;
-    let (logits_ptr, labels_ptr, grad_logps_ptr, lse_ptr, out_ptr) = (logits.data_ptr(), labels.data_ptr(), grad_logps.data_ptr(), lse.data_ptr(), out.data_ptr());
+    let (logits_ptr, labels_ptr, grad_logps_ptr, lse_ptr, out_ptr) =
+        (logits.data_ptr(), labels.data_ptr(), grad_logps.data_ptr(), lse.data_ptr(), out.data_ptr());
     let positions = size[1];
     let transform = Transform::from(transform);
     let mut params = [
@@ -113,11 +142,22 @@ fn backward_into(out: &Tensor, grad_logps: &Tensor, logits: &Tensor, labels: &Te
         param(&positions),
     ];
     // SAFETY: as in `forward_validated`; `out` is a contiguous [B, T, V] buffer of the logits' dtype.
-    unsafe { kernels.launch(Kernel::Backward(element, transform.kind), size[0] * size[1], &mut params, stream as usize as _) }
+    unsafe {
+        kernels.launch(Kernel::Backward(element, transform.kind), size[0] * size[1], &mut params, stream as usize as _)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform, stream: u64) -> Result<Tensor> {
+pub(crate) fn backward(
+    grad_logps: &Tensor,
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    transform: LogitTransform,
+    stream: u64,
+) -> Result<Tensor> {
     let logits = rows_view(logits);
     let grad = Tensor::empty(logits.size(), (logits.kind(), logits.device()));
     backward_into(&grad, grad_logps, &logits, labels, lse, ignore_index, shift, transform, stream)?;
@@ -126,12 +166,30 @@ pub(crate) fn backward(grad_logps: &Tensor, logits: &Tensor, labels: &Tensor, ls
 
 /// In-place backward over `logits` `[n, V]` (contiguous, owned by the caller, overwritten with
 /// the gradient with respect to them, before `transform`); `targets`, `grad_logps` and `lse` are `[n]`.
-pub(crate) fn backward_in_place(logits: &Tensor, targets: &Tensor, ignore_index: i64, transform: LogitTransform, grad_logps: &Tensor, lse: &Tensor, stream: u64) -> Result<()> {
+pub(crate) fn backward_in_place(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    transform: LogitTransform,
+    grad_logps: &Tensor,
+    lse: &Tensor,
+    stream: u64,
+) -> Result<()> {
     if !logits.is_contiguous() || logits.dim() != 2 {
         return Err(Error::value("in-place backward needs a contiguous [rows, vocab] buffer"));
     }
     let rows = logits.unsqueeze(0);
-    backward_into(&rows, &grad_logps.unsqueeze(0), &rows, &targets.unsqueeze(0), &lse.unsqueeze(0), ignore_index, false, transform, stream)
+    backward_into(
+        &rows,
+        &grad_logps.unsqueeze(0),
+        &rows,
+        &targets.unsqueeze(0),
+        &lse.unsqueeze(0),
+        ignore_index,
+        false,
+        transform,
+        stream,
+    )
 }
 
 /// Why the CUDA kernel cannot run on device `ordinal`, or None when it is compiled, loaded and
@@ -146,11 +204,18 @@ pub fn cuda_kernel_status(py: Python<'_>, ordinal: i32) -> Option<String> {
 #[pyfunction]
 #[pyo3(signature = (arch = "sm_90"))]
 pub fn cuda_compile_kernel(py: Python<'_>, arch: &str) -> PyResult<pyo3::Py<pyo3::types::PyBytes>> {
-    let parse = |prefix: &str| arch.strip_prefix(prefix).and_then(|n| n.parse::<i32>().ok()).filter(|&n| (50..=200).contains(&n));
+    let parse = |prefix: &str| {
+        arch.strip_prefix(prefix).and_then(|n| n.parse::<i32>().ok()).filter(|&n| (50..=200).contains(&n))
+    };
     let target = match (parse("sm_"), parse("compute_")) {
         (Some(sm), _) => crate::cuda::Target::Cubin(sm),
         (_, Some(sm)) => crate::cuda::Target::Ptx(sm),
-        _ => return Err(Error::value(format!("arch must look like 'sm_90' (machine code) or 'compute_90' (PTX), got '{arch}'")).into()),
+        _ => {
+            return Err(Error::value(format!(
+                "arch must look like 'sm_90' (machine code) or 'compute_90' (PTX), got '{arch}'"
+            ))
+            .into())
+        }
     };
     let image = py.allow_threads(|| crate::cuda::compile(target))?;
     Ok(pyo3::types::PyBytes::new(py, &image).unbind())

@@ -12,9 +12,12 @@ use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::bindings::torch::{
+    accumulation_kind, apply_transform, check_labels, dtype_name, is_float, logit_transform, reference_token_logps,
+    reference_token_stats, shifted_labels, LabelSource,
+};
 use crate::bindings::{fused_cpu, fused_cuda};
-use crate::bindings::torch::{accumulation_kind, apply_transform, check_labels, dtype_name, is_float, logit_transform, reference_token_logps, reference_token_stats, shifted_labels, LabelSource};
+use crate::error::{Error, Result};
 use crate::kernels::transform::LogitTransform;
 
 /// Bytes of one chunk's logits that the automatic chunk size never exceeds. One such buffer is
@@ -43,11 +46,22 @@ pub(crate) struct Projection<'a> {
 
 impl<'a> Projection<'a> {
     /// From the Python arguments: `logit_scale` a number, or `logit_scale_tensor` a tensor, not both.
-    pub(crate) fn new(weight: &'a Tensor, bias: Option<&'a Tensor>, logit_scale: Option<f64>, logit_scale_tensor: Option<&'a Tensor>, logit_softcap: Option<f64>) -> Result<Self> {
+    pub(crate) fn new(
+        weight: &'a Tensor,
+        bias: Option<&'a Tensor>,
+        logit_scale: Option<f64>,
+        logit_scale_tensor: Option<&'a Tensor>,
+        logit_softcap: Option<f64>,
+    ) -> Result<Self> {
         if logit_scale.is_some() && logit_scale_tensor.is_some() {
             return Err(Error::value("give logit_scale as a number or as a tensor, not both"));
         }
-        Ok(Projection { weight, bias, scale: logit_scale_tensor, transform: logit_transform(logit_scale, logit_softcap)? })
+        Ok(Projection {
+            weight,
+            bias,
+            scale: logit_scale_tensor,
+            transform: logit_transform(logit_scale, logit_softcap)?,
+        })
     }
 
     fn vocab(&self) -> i64 {
@@ -56,15 +70,27 @@ impl<'a> Projection<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_linear_inputs(hidden: &Tensor, projection: &Projection<'_>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, require_tokens: bool) -> Result<()> {
+pub(crate) fn check_linear_inputs(
+    hidden: &Tensor,
+    projection: &Projection<'_>,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    require_tokens: bool,
+) -> Result<()> {
     let (weight, bias) = (projection.weight, projection.bias);
     let hsize = hidden.size();
     if hsize.len() != 3 {
-        return Err(Error::value(format!("hidden must be a 3-D tensor [batch, seq_len, hidden_size], got shape {hsize:?}")));
+        return Err(Error::value(format!(
+            "hidden must be a 3-D tensor [batch, seq_len, hidden_size], got shape {hsize:?}"
+        )));
     }
     let wsize = weight.size();
     if wsize.len() != 2 {
-        return Err(Error::value(format!("weight must be a 2-D tensor [vocab, hidden_size] (an lm_head.weight), got shape {wsize:?}")));
+        return Err(Error::value(format!(
+            "weight must be a 2-D tensor [vocab, hidden_size] (an lm_head.weight), got shape {wsize:?}"
+        )));
     }
     for (name, t) in [("hidden", hidden), ("weight", weight)] {
         if !is_float(t.kind()) {
@@ -89,10 +115,18 @@ pub(crate) fn check_linear_inputs(hidden: &Tensor, projection: &Projection<'_>, 
     }
     if let Some(b) = bias {
         if b.size() != [wsize[0]] {
-            return Err(Error::value(format!("bias must be a 1-D tensor [vocab] = [{}], got shape {:?}", wsize[0], b.size())));
+            return Err(Error::value(format!(
+                "bias must be a 1-D tensor [vocab] = [{}], got shape {:?}",
+                wsize[0],
+                b.size()
+            )));
         }
         if b.kind() != hidden.kind() {
-            return Err(Error::type_(format!("bias dtype {} must equal hidden dtype {}", dtype_name(b.kind()), dtype_name(hidden.kind()))));
+            return Err(Error::type_(format!(
+                "bias dtype {} must equal hidden dtype {}",
+                dtype_name(b.kind()),
+                dtype_name(hidden.kind())
+            )));
         }
         if b.device() != hidden.device() {
             return Err(Error::value(format!("bias is on {:?} but hidden on {:?}", b.device(), hidden.device())));
@@ -107,10 +141,18 @@ pub(crate) fn check_linear_inputs(hidden: &Tensor, projection: &Projection<'_>, 
             )));
         }
         if scale.kind() != hidden.kind() {
-            return Err(Error::type_(format!("logit_scale dtype {} must equal hidden dtype {}", dtype_name(scale.kind()), dtype_name(hidden.kind()))));
+            return Err(Error::type_(format!(
+                "logit_scale dtype {} must equal hidden dtype {}",
+                dtype_name(scale.kind()),
+                dtype_name(hidden.kind())
+            )));
         }
         if scale.device() != hidden.device() {
-            return Err(Error::value(format!("logit_scale is on {:?} but hidden on {:?}", scale.device(), hidden.device())));
+            return Err(Error::value(format!(
+                "logit_scale is on {:?} but hidden on {:?}",
+                scale.device(),
+                hidden.device()
+            )));
         }
     }
     if let Some(c) = chunk_size {
@@ -118,7 +160,8 @@ pub(crate) fn check_linear_inputs(hidden: &Tensor, projection: &Projection<'_>, 
             return Err(Error::value(format!("chunk_size must be a positive number of positions, got {c}")));
         }
     }
-    let source = LabelSource { name: "hidden", batch: hsize[0], seq_len: hsize[1], vocab: wsize[0], device: hidden.device() };
+    let source =
+        LabelSource { name: "hidden", batch: hsize[0], seq_len: hsize[1], vocab: wsize[0], device: hidden.device() };
     check_labels(labels, &source, ignore_index, shift, require_tokens).map(|_| ())
 }
 
@@ -136,7 +179,11 @@ pub(crate) fn labelled_rows(labels: &Tensor, ignore_index: i64, shift: bool) -> 
     let flat = used.reshape([-1]);
     let output_rows = flat.ne(ignore_index).nonzero().reshape([-1]);
     // Output row b·T' + t reads hidden row b·T + t: add b once per batch row when shifting.
-    let hidden_rows = if shift { &output_rows + output_rows.divide_scalar_mode(positions, "floor") } else { output_rows.shallow_clone() };
+    let hidden_rows = if shift {
+        &output_rows + output_rows.divide_scalar_mode(positions, "floor")
+    } else {
+        output_rows.shallow_clone()
+    };
     let targets = flat.index_select(0, &output_rows);
     LabelledRows { hidden_rows, output_rows, targets }
 }
@@ -153,7 +200,8 @@ pub(crate) struct ChunkedLogits<'a> {
 
 impl<'a> ChunkedLogits<'a> {
     fn new(hidden: &Tensor, projection: Projection<'a>, chunk_size: Option<i64>, total: i64) -> Self {
-        let step = chunk_rows(total, hidden.size()[hidden.dim() - 1], projection.vocab(), hidden.kind(), chunk_size).min(total.max(1));
+        let step = chunk_rows(total, hidden.size()[hidden.dim() - 1], projection.vocab(), hidden.kind(), chunk_size)
+            .min(total.max(1));
         Self::with_rows(hidden, projection, step, total)
     }
 
@@ -189,7 +237,15 @@ pub(crate) type ChunkForward = (Tensor, Tensor, Tensor, Tensor, Tensor);
 
 /// [`ChunkForward`] of one chunk, for log_softmax(t(logits)) with t = `transform`: the fused CPU
 /// kernel, the CUDA kernel on `cuda_stream`, or libtorch ops elsewhere.
-pub(crate) fn chunk_softmax(logits: &Tensor, targets: &Tensor, ignore_index: i64, with_stats: bool, with_means: bool, transform: LogitTransform, cuda_stream: Option<u64>) -> Result<ChunkForward> {
+pub(crate) fn chunk_softmax(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    with_stats: bool,
+    with_means: bool,
+    transform: LogitTransform,
+    cuda_stream: Option<u64>,
+) -> Result<ChunkForward> {
     let (logits, targets) = (logits.unsqueeze(0), targets.unsqueeze(0));
     let acc = accumulation_kind(logits.kind());
     let (lp, ls, ent, cor) = if logits.device() == Device::Cpu {
@@ -200,7 +256,11 @@ pub(crate) fn chunk_softmax(logits: &Tensor, targets: &Tensor, ignore_index: i64
         let lp = reference_token_logps(&logits, &targets, ignore_index, false, transform);
         let ls = apply_transform(&logits.to_kind(acc), transform).logsumexp(-1, false);
         let none = || Tensor::zeros([0], (acc, logits.device()));
-        let (ent, cor) = if with_stats { reference_token_stats(&logits, &targets, ignore_index, false, transform) } else { (none(), none()) };
+        let (ent, cor) = if with_stats {
+            reference_token_stats(&logits, &targets, ignore_index, false, transform)
+        } else {
+            (none(), none())
+        };
         (lp, ls, ent, cor)
     };
     // The mean over the vocabulary of the model's logits t(z), for TRL's logits/* metrics.
@@ -220,7 +280,15 @@ pub(crate) fn chunk_softmax(logits: &Tensor, targets: &Tensor, ignore_index: i64
 /// each row's incoming gradient `g` and logsumexp `l` (`[n]`): written over the logits by the
 /// fused kernels (they are not needed again), through libtorch ops elsewhere.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn chunk_row_grads(mut logits: Tensor, targets: &Tensor, ignore_index: i64, transform: LogitTransform, g: &Tensor, l: &Tensor, cuda_stream: Option<u64>) -> Result<Tensor> {
+pub(crate) fn chunk_row_grads(
+    mut logits: Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    transform: LogitTransform,
+    g: &Tensor,
+    l: &Tensor,
+    cuda_stream: Option<u64>,
+) -> Result<Tensor> {
     if logits.device() == Device::Cpu {
         fused_cpu::backward_in_place(&mut logits, targets, ignore_index, transform, g, l)?;
         Ok(logits)
@@ -290,12 +358,28 @@ impl PositionOutputs {
         let shape = self.shape;
         let stats_shape: &[i64] = if self.with_stats { &shape } else { &[0] };
         let means_shape: &[i64] = if self.with_means { &shape } else { &[0] };
-        (self.logps.reshape(shape), self.lse.reshape(shape), self.entropy.reshape(stats_shape), self.correct.reshape(stats_shape), self.means.reshape(means_shape))
+        (
+            self.logps.reshape(shape),
+            self.lse.reshape(shape),
+            self.entropy.reshape(stats_shape),
+            self.correct.reshape(stats_shape),
+            self.means.reshape(means_shape),
+        )
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward(hidden: &Tensor, projection: Projection<'_>, labels: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, with_stats: bool, with_means: bool, cuda_stream: Option<u64>) -> Result<LinearForward> {
+fn forward(
+    hidden: &Tensor,
+    projection: Projection<'_>,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    with_stats: bool,
+    with_means: bool,
+    cuda_stream: Option<u64>,
+) -> Result<LinearForward> {
     let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
     check_linear_inputs(hidden, &projection, labels, ignore_index, shift, chunk_size, false)?;
     let _guard = tch::no_grad_guard();
@@ -306,7 +390,15 @@ fn forward(hidden: &Tensor, projection: Projection<'_>, labels: &Tensor, ignore_
     let chunked = ChunkedLogits::new(hidden, projection, chunk_size, rows.output_rows.size()[0]);
     for (start, n) in chunked.chunks() {
         let logits = chunked.logits(&hidden_flat.index_select(0, &rows.hidden_rows.narrow(0, start, n)));
-        let chunk = chunk_softmax(&logits, &rows.targets.narrow(0, start, n), ignore_index, with_stats, with_means, projection.transform, cuda_stream)?;
+        let chunk = chunk_softmax(
+            &logits,
+            &rows.targets.narrow(0, start, n),
+            ignore_index,
+            with_stats,
+            with_means,
+            projection.transform,
+            cuda_stream,
+        )?;
         outputs.store(&rows.output_rows.narrow(0, start, n), &chunk);
     }
     Ok(outputs.finish())
@@ -329,7 +421,8 @@ pub(crate) struct ProjectionGrads {
 impl ProjectionGrads {
     /// `needs` = which of (weight, bias, scale) get a gradient (the bias and scale only where present).
     pub(crate) fn new(projection: &Projection<'_>, acc: Kind, needs: [bool; 3]) -> Self {
-        let [weight, bias, scale] = [needs[0], needs[1] && projection.bias.is_some(), needs[2] && projection.scale.is_some()];
+        let [weight, bias, scale] =
+            [needs[0], needs[1] && projection.bias.is_some(), needs[2] && projection.scale.is_some()];
         let device = projection.weight.device();
         ProjectionGrads {
             weight: (weight || scale).then(|| Tensor::zeros(projection.weight.size(), (acc, device))),
@@ -398,7 +491,13 @@ fn row_dots(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// Row gradients g·(onehot(y) − softmax(t(z)))·t'(z) of one chunk through libtorch ops (devices
 /// without a fused kernel).
-fn reference_row_grads(logits: &Tensor, targets: &Tensor, transform: LogitTransform, lse: &Tensor, grad: &Tensor) -> Tensor {
+fn reference_row_grads(
+    logits: &Tensor,
+    targets: &Tensor,
+    transform: LogitTransform,
+    lse: &Tensor,
+    grad: &Tensor,
+) -> Tensor {
     let acc = accumulation_kind(logits.kind());
     let y = apply_transform(&logits.to_kind(acc), transform);
     let probs = (&y - lse.unsqueeze(-1)).exp();
@@ -416,7 +515,18 @@ fn reference_row_grads(logits: &Tensor, targets: &Tensor, transform: LogitTransf
 type LinearBackward = (Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
-fn backward(grad_logps: &Tensor, hidden: &Tensor, projection: Projection<'_>, labels: &Tensor, lse: &Tensor, ignore_index: i64, shift: bool, chunk_size: Option<i64>, needs: [bool; 3], cuda_stream: Option<u64>) -> Result<LinearBackward> {
+fn backward(
+    grad_logps: &Tensor,
+    hidden: &Tensor,
+    projection: Projection<'_>,
+    labels: &Tensor,
+    lse: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    chunk_size: Option<i64>,
+    needs: [bool; 3],
+    cuda_stream: Option<u64>,
+) -> Result<LinearBackward> {
     let cuda_stream = cuda_kernel_stream(hidden, cuda_stream);
     let _guard = tch::no_grad_guard();
     let (b, t, h) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
@@ -437,7 +547,15 @@ fn backward(grad_logps: &Tensor, hidden: &Tensor, projection: Projection<'_>, la
         let logits = chunked.logits(&h_c);
         let g = grad_flat.index_select(0, &out_rows);
         let l = lse_flat.index_select(0, &out_rows);
-        let row_grads = chunk_row_grads(logits, &rows.targets.narrow(0, start, n), ignore_index, projection.transform, &g, &l, cuda_stream)?;
+        let row_grads = chunk_row_grads(
+            logits,
+            &rows.targets.narrow(0, start, n),
+            ignore_index,
+            projection.transform,
+            &g,
+            &l,
+            cuda_stream,
+        )?;
         let row_grads = grads.accumulate(row_grads, &h_c, &projection);
         let _ = grad_hidden.index_copy_(0, &hidden_rows, &row_grads.matmul(projection.weight));
     }
@@ -463,7 +581,8 @@ pub fn check_linear_logps_inputs(
     logit_softcap: Option<f64>,
 ) -> PyResult<()> {
     py.allow_threads(move || {
-        let projection = Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
+        let projection =
+            Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
         check_linear_inputs(&hidden, &projection, &labels, ignore_index, shift, None, require_tokens)
     })?;
     Ok(())
@@ -495,11 +614,15 @@ pub fn linear_token_logps_forward(
     with_means: bool,
 ) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor, PyTensor)> {
     let (a, b, c, d, e) = py.allow_threads(move || {
-        let projection = Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
+        let projection =
+            Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
         forward(&hidden, projection, &labels, ignore_index, shift, chunk_size, with_stats, with_means, cuda_stream)
     })?;
     Ok((PyTensor(a), PyTensor(b), PyTensor(c), PyTensor(d), PyTensor(e)))
 }
+
+/// (grad hidden, grad weight, grad bias, grad logit_scale_tensor) as Python receives them.
+type LinearBackwardTensors = (PyTensor, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>);
 
 /// Fused-linear backward: (grad hidden, grad weight, grad bias, grad logit_scale_tensor), None
 /// where `needs` (weight, bias, scale tensor) says no or the input is absent; the transform and
@@ -523,10 +646,22 @@ pub fn linear_token_logps_backward(
     logit_scale_tensor: Option<PyTensor>,
     logit_softcap: Option<f64>,
     needs: (bool, bool, bool),
-) -> PyResult<(PyTensor, Option<PyTensor>, Option<PyTensor>, Option<PyTensor>)> {
+) -> PyResult<LinearBackwardTensors> {
     let (gh, gw, gb, gs) = py.allow_threads(move || {
-        let projection = Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
-        backward(&grad_logps, &hidden, projection, &labels, &lse, ignore_index, shift, chunk_size, [needs.0, needs.1, needs.2], cuda_stream)
+        let projection =
+            Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
+        backward(
+            &grad_logps,
+            &hidden,
+            projection,
+            &labels,
+            &lse,
+            ignore_index,
+            shift,
+            chunk_size,
+            [needs.0, needs.1, needs.2],
+            cuda_stream,
+        )
     })?;
     Ok((PyTensor(gh), gw.map(PyTensor), gb.map(PyTensor), gs.map(PyTensor)))
 }

@@ -18,10 +18,13 @@ use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
-use crate::error::{Error, Result};
-use crate::bindings::fused_linear::{check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits, PositionOutputs, Projection, ProjectionGrads};
-use crate::losses::{self, Estimator, Reduction};
+use crate::bindings::fused_linear::{
+    check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits,
+    PositionOutputs, Projection, ProjectionGrads,
+};
 use crate::bindings::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
+use crate::error::{Error, Result};
+use crate::losses::{self, Estimator, Reduction};
 
 /// The pair loss whose gradient the chunks take, reduced by the mean over pairs.
 #[derive(Clone, Copy)]
@@ -61,7 +64,12 @@ impl PairLoss {
 
 /// The sequence each output position (flattened `[B·T']`) belongs to, and each sequence's
 /// labelled-token count: a batch row per sequence, or the packed sequences of `position_ids`.
-fn sequences(labels: &Tensor, position_ids: Option<&Tensor>, ignore_index: i64, shift: bool) -> Result<(Tensor, Vec<u64>)> {
+fn sequences(
+    labels: &Tensor,
+    position_ids: Option<&Tensor>,
+    ignore_index: i64,
+    shift: bool,
+) -> Result<(Tensor, Vec<u64>)> {
     match position_ids {
         Some(ids) => {
             let (ids, tokens) = packed_sequences(labels, ids, ignore_index, shift, true)?;
@@ -70,9 +78,14 @@ fn sequences(labels: &Tensor, position_ids: Option<&Tensor>, ignore_index: i64, 
         None => {
             let used = shifted_labels(labels, shift);
             let (rows, positions) = (used.size()[0], used.size()[1]);
-            let counts = Vec::<i64>::try_from(used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64).to_device(tch::Device::Cpu))
-                .map_err(|e| Error::runtime(e.to_string()))?;
-            let ids = Tensor::arange(rows, (Kind::Int64, labels.device())).unsqueeze(1).expand([rows, positions], false).reshape([-1]);
+            let counts = Vec::<i64>::try_from(
+                used.ne(ignore_index).sum_dim_intlist(1, false, Kind::Int64).to_device(tch::Device::Cpu),
+            )
+            .map_err(|e| Error::runtime(e.to_string()))?;
+            let ids = Tensor::arange(rows, (Kind::Int64, labels.device()))
+                .unsqueeze(1)
+                .expand([rows, positions], false)
+                .reshape([-1]);
             Ok((ids, counts.into_iter().map(|n| n as u64).collect()))
         }
     }
@@ -84,7 +97,10 @@ fn reference_vector(name: &str, value: &Tensor, pairs: i64) -> Result<Tensor> {
         return Err(Error::type_(format!("{name} must be a floating-point tensor, got {}", dtype_name(value.kind()))));
     }
     if value.size() != [pairs] {
-        return Err(Error::value(format!("{name} must be a 1-D tensor [pairs] = [{pairs}], got shape {:?}", value.size())));
+        return Err(Error::value(format!(
+            "{name} must be a 1-D tensor [pairs] = [{pairs}], got shape {:?}",
+            value.size()
+        )));
     }
     Ok(value.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
 }
@@ -111,7 +127,8 @@ fn unit_chunks(unit_rows: &[i64], target: i64) -> Vec<i64> {
 /// What the forward returns: token log-probs, logsumexp, entropy, correct, mean logit (`[B, T']`,
 /// the statistics and means empty unless asked), and the gradients of the mean pair loss with
 /// respect to hidden (`[B, T, H]`), weight, bias and the logit-scale tensor (None where not needed).
-type PairLossForward = (Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>, Option<Tensor>);
+type PairLossForward =
+    (Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>, Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
 fn forward(
@@ -141,7 +158,9 @@ fn forward(
     }
     let pairs = sequences / 2;
     let refs = match refs {
-        Some((c, r)) => Some((reference_vector("ref_chosen_logps", c, pairs)?, reference_vector("ref_rejected_logps", r, pairs)?)),
+        Some((c, r)) => {
+            Some((reference_vector("ref_chosen_logps", c, pairs)?, reference_vector("ref_rejected_logps", r, pairs)?))
+        }
         None => None,
     };
     let _guard = tch::no_grad_guard();
@@ -161,10 +180,17 @@ fn forward(
     let (units, unit_rows): (Tensor, Vec<i64>) = if loss.separable() {
         (row_sequence.shallow_clone(), counts.iter().map(|&n| n as i64).collect())
     } else {
-        (row_sequence.remainder(pairs), (0..pairs as usize).map(|p| (counts[p] + counts[p + pairs as usize]) as i64).collect())
+        (
+            row_sequence.remainder(pairs),
+            (0..pairs as usize).map(|p| (counts[p] + counts[p + pairs as usize]) as i64).collect(),
+        )
     };
     let (_, order) = units.sort_stable(true, 0, false);
-    let (hidden_rows, output_rows, targets) = (rows.hidden_rows.index_select(0, &order), rows.output_rows.index_select(0, &order), rows.targets.index_select(0, &order));
+    let (hidden_rows, output_rows, targets) = (
+        rows.hidden_rows.index_select(0, &order),
+        rows.output_rows.index_select(0, &order),
+        rows.targets.index_select(0, &order),
+    );
     let row_sequence = row_sequence.index_select(0, &order);
     let total = output_rows.size()[0];
     let chunks = unit_chunks(&unit_rows, chunk_rows(total, h, projection.weight.size()[0], hidden.kind(), chunk_size));
@@ -179,23 +205,37 @@ fn forward(
     let hidden_flat = hidden.reshape([b * t, h]);
     let mut start = 0;
     for n in chunks {
-        let (h_rows, out_rows, seq) = (hidden_rows.narrow(0, start, n), output_rows.narrow(0, start, n), row_sequence.narrow(0, start, n));
+        let (h_rows, out_rows, seq) =
+            (hidden_rows.narrow(0, start, n), output_rows.narrow(0, start, n), row_sequence.narrow(0, start, n));
         let chunk_targets = targets.narrow(0, start, n);
         start += n;
         let h_c = hidden_flat.index_select(0, &h_rows);
         let logits = chunked.logits(&h_c);
-        let chunk = chunk_softmax(&logits, &chunk_targets, ignore_index, with_stats, with_means, projection.transform, cuda_stream)?;
+        let chunk = chunk_softmax(
+            &logits,
+            &chunk_targets,
+            ignore_index,
+            with_stats,
+            with_means,
+            projection.transform,
+            cuda_stream,
+        )?;
         let (lp, ls) = (chunk.0.reshape([-1]), chunk.1.reshape([-1]));
 
         // Every sequence's average from this chunk's tokens, on the host: complete for the chunk's
         // own sequences (the only ones whose gradients are read below), partial or 0 elsewhere.
         let sums = Tensor::zeros([sequences], options).index_add(0, &seq, &lp).to_device(tch::Device::Cpu);
         let averages = (sums / &counts_acc).to_kind(Kind::Double);
-        let (g_w, g_l) = loss.grads(&averages.narrow(0, 0, pairs), &averages.narrow(0, pairs, pairs), refs.as_ref().map(|(c, r)| (c, r)));
+        let (g_w, g_l) = loss.grads(
+            &averages.narrow(0, 0, pairs),
+            &averages.narrow(0, pairs, pairs),
+            refs.as_ref().map(|(c, r)| (c, r)),
+        );
         let seq_grads = (Tensor::cat(&[g_w, g_l], 0) * mean_scale).to_kind(acc) / &counts_acc;
         let g = seq_grads.to_device(device).index_select(0, &seq);
 
-        let row_grads = chunk_row_grads(logits, &chunk_targets, ignore_index, projection.transform, &g, &ls, cuda_stream)?;
+        let row_grads =
+            chunk_row_grads(logits, &chunk_targets, ignore_index, projection.transform, &g, &ls, cuda_stream)?;
         let row_grads = grads.accumulate(row_grads, &h_c, &projection);
         if let Some(gh) = &mut grad_hidden {
             let _ = gh.index_copy_(0, &h_rows, &row_grads.matmul(projection.weight));
@@ -204,7 +244,17 @@ fn forward(
     }
     let (logps, lse, entropy, correct, means) = outputs.finish();
     let (grad_weight, grad_bias, grad_scale) = grads.finish(&projection);
-    Ok((logps, lse, entropy, correct, means, grad_hidden.map(|gh| gh.reshape([b, t, h])), grad_weight, grad_bias, grad_scale))
+    Ok((
+        logps,
+        lse,
+        entropy,
+        correct,
+        means,
+        grad_hidden.map(|gh| gh.reshape([b, t, h])),
+        grad_weight,
+        grad_bias,
+        grad_scale,
+    ))
 }
 
 /// Fused-linear pair loss forward with its gradients: (token log-probs, logsumexp, entropy,
@@ -244,19 +294,48 @@ pub fn linear_pair_loss_forward(
 ) -> PyResult<PyObject> {
     let loss = PairLoss::parse(loss, estimator, beta)?;
     if ref_chosen_logps.is_some() != ref_rejected_logps.is_some() {
-        return Err(Error::value("ref_chosen_logps and ref_rejected_logps must be given together (both or neither)").into());
+        return Err(
+            Error::value("ref_chosen_logps and ref_rejected_logps must be given together (both or neither)").into()
+        );
     }
     if ref_chosen_logps.is_some() && matches!(loss, PairLoss::Simper) {
-        return Err(Error::value("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps").into());
+        return Err(
+            Error::value("SimPER uses no reference log-probs; pass only chosen_logps and rejected_logps").into()
+        );
     }
     let needs = [needs.0, needs.1, needs.2, needs.3];
     let out = py.allow_threads(move || {
-        let projection = Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
+        let projection =
+            Projection::new(&weight, bias.as_deref(), logit_scale, logit_scale_tensor.as_deref(), logit_softcap)?;
         let refs = ref_chosen_logps.as_deref().zip(ref_rejected_logps.as_deref());
-        forward(&hidden, projection, &labels, position_ids.as_deref(), loss, refs, ignore_index, shift, chunk_size, with_stats, with_means, needs, cuda_stream)
+        forward(
+            &hidden,
+            projection,
+            &labels,
+            position_ids.as_deref(),
+            loss,
+            refs,
+            ignore_index,
+            shift,
+            chunk_size,
+            with_stats,
+            with_means,
+            needs,
+            cuda_stream,
+        )
     })?;
     let (lp, ls, ent, cor, means, gh, gw, gb, gs) = out;
-    let values = (PyTensor(lp), PyTensor(ls), PyTensor(ent), PyTensor(cor), PyTensor(means), gh.map(PyTensor), gw.map(PyTensor), gb.map(PyTensor), gs.map(PyTensor));
+    let values = (
+        PyTensor(lp),
+        PyTensor(ls),
+        PyTensor(ent),
+        PyTensor(cor),
+        PyTensor(means),
+        gh.map(PyTensor),
+        gw.map(PyTensor),
+        gb.map(PyTensor),
+        gs.map(PyTensor),
+    );
     Ok(values.into_pyobject(py)?.into_any().unbind())
 }
 

@@ -36,7 +36,9 @@ pub fn fused_token_logps_forward(
             check_logits_labels_shapes(&logits, &labels, shift)?;
         }
         match cuda_stream {
-            Some(stream) => fused_cuda::forward_validated(&logits, &labels, ignore_index, shift, with_stats, transform, stream),
+            Some(stream) => {
+                fused_cuda::forward_validated(&logits, &labels, ignore_index, shift, with_stats, transform, stream)
+            }
             None => fused_cpu::forward_validated(&logits, &labels, ignore_index, shift, with_stats, transform),
         }
     })?;
@@ -63,7 +65,9 @@ pub fn fused_token_logps_backward(
     let grad = py.allow_threads(move || {
         let transform = logit_transform(logit_scale, logit_softcap)?;
         match cuda_stream {
-            Some(stream) => fused_cuda::backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift, transform, stream),
+            Some(stream) => {
+                fused_cuda::backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift, transform, stream)
+            }
             None => fused_cpu::backward(&grad_logps, &logits, &labels, &lse, ignore_index, shift, transform),
         }
     })?;

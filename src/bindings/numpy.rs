@@ -2,7 +2,10 @@
 //! arrays' memory, with no torch involved and no copy of the logits (unless their vocabulary
 //! dimension is not contiguous).
 use numpy::ndarray::Array2;
-use numpy::{Element, IntoPyArray, PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use crate::error::{Error, Result};
@@ -34,7 +37,12 @@ where
     f(LogitsRows::contiguous(owned.as_slice().unwrap_or(&[]), shape)?)
 }
 
-fn check_labels_shape(labels: &PyReadonlyArray2<'_, i64>, batch: usize, positions: usize, shift: bool) -> Result<Vec<i64>> {
+fn check_labels_shape(
+    labels: &PyReadonlyArray2<'_, i64>,
+    batch: usize,
+    positions: usize,
+    shift: bool,
+) -> Result<Vec<i64>> {
     let view = labels.as_array();
     if view.shape() != [batch, positions] {
         return Err(Error::value(format!(
@@ -75,7 +83,9 @@ where
             let out = ForwardOutputs { logps: &mut logp, lse: &mut lse, stats: None };
             threads::install(|| logps::forward(&rows, &labels, ignore_index, shift, LogitTransform::Identity, out))?;
             let reduced = match average {
-                Some(average) => Some(logps::reduce_sequences(&logp, &labels, batch, positions, shift, ignore_index, average)?),
+                Some(average) => {
+                    Some(logps::reduce_sequences(&logp, &labels, batch, positions, shift, ignore_index, average)?)
+                }
                 None => None,
             };
             Ok((logp, reduced))
@@ -103,7 +113,11 @@ fn dispatch_logits(
         .downcast::<PyUntypedArray>()
         .map_err(|_| Error::type_(format!("logits must be a numpy.ndarray, got {}", type_name(logits))))?;
     if array.ndim() != 3 {
-        return Err(Error::value(format!("logits must be a 3-D array [batch, seq_len, vocab], got shape {:?}", array.shape())).into());
+        return Err(Error::value(format!(
+            "logits must be a 3-D array [batch, seq_len, vocab], got shape {:?}",
+            array.shape()
+        ))
+        .into());
     }
     let labels: PyReadonlyArray2<'_, i64> = labels.extract().map_err(|_| {
         Error::type_(format!("labels must be a 2-D int64 numpy array [batch, seq_len], got {}", describe_array(labels)))
@@ -131,32 +145,60 @@ fn describe_array(value: &Bound<'_, PyAny>) -> String {
 /// Per-token log-probs [B, T'] (float32 for float32 logits, float64 for float64).
 #[pyfunction]
 #[pyo3(signature = (logits, labels, ignore_index = -100, shift = true), text_signature = "(logits, labels, ignore_index=-100, shift=True)")]
-pub fn numpy_token_logps(py: Python<'_>, logits: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, ignore_index: i64, shift: bool) -> PyResult<PyObject> {
+pub fn numpy_token_logps(
+    py: Python<'_>,
+    logits: &Bound<'_, PyAny>,
+    labels: &Bound<'_, PyAny>,
+    ignore_index: i64,
+    shift: bool,
+) -> PyResult<PyObject> {
     dispatch_logits(py, logits, labels, ignore_index, shift, None)
 }
 
 /// Per-sequence log-probs [B]: the mean (or sum) over response tokens.
 #[pyfunction]
 #[pyo3(signature = (logits, labels, average = true, ignore_index = -100, shift = true), text_signature = "(logits, labels, average=True, ignore_index=-100, shift=True)")]
-pub fn numpy_sequence_logps(py: Python<'_>, logits: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, average: bool, ignore_index: i64, shift: bool) -> PyResult<PyObject> {
+pub fn numpy_sequence_logps(
+    py: Python<'_>,
+    logits: &Bound<'_, PyAny>,
+    labels: &Bound<'_, PyAny>,
+    average: bool,
+    ignore_index: i64,
+    shift: bool,
+) -> PyResult<PyObject> {
     dispatch_logits(py, logits, labels, ignore_index, shift, Some(average))
 }
 
-fn pair_arrays(chosen: &PyReadonlyArray1<'_, f64>, rejected: &PyReadonlyArray1<'_, f64>, refs: Option<(&PyReadonlyArray1<'_, f64>, &PyReadonlyArray1<'_, f64>)>) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+/// (chosen, rejected, reference chosen, reference rejected) as vectors.
+type PairVectors = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn pair_arrays(
+    chosen: &PyReadonlyArray1<'_, f64>,
+    rejected: &PyReadonlyArray1<'_, f64>,
+    refs: Option<(&PyReadonlyArray1<'_, f64>, &PyReadonlyArray1<'_, f64>)>,
+) -> Result<PairVectors> {
     let c: Vec<f64> = chosen.as_array().to_vec();
     let r: Vec<f64> = rejected.as_array().to_vec();
     if c.is_empty() {
         return Err(Error::value("chosen_logps is empty: a preference loss needs at least one pair"));
     }
     if r.len() != c.len() {
-        return Err(Error::value(format!("rejected_logps must have the same shape as chosen_logps [{}], got [{}]", c.len(), r.len())));
+        return Err(Error::value(format!(
+            "rejected_logps must have the same shape as chosen_logps [{}], got [{}]",
+            c.len(),
+            r.len()
+        )));
     }
     let (u_c, u_r) = match refs {
         None => (c.clone(), r.clone()),
         Some((rc, rr)) => {
             for (name, a) in [("ref_chosen_logps", rc), ("ref_rejected_logps", rr)] {
                 if a.len() != c.len() {
-                    return Err(Error::value(format!("{name} must have the same shape as chosen_logps [{}], got [{}]", c.len(), a.len())));
+                    return Err(Error::value(format!(
+                        "{name} must have the same shape as chosen_logps [{}], got [{}]",
+                        c.len(),
+                        a.len()
+                    )));
                 }
             }
             let uc = c.iter().zip(rc.as_array()).map(|(x, y)| x - y).collect();
@@ -171,10 +213,17 @@ fn pair_arrays(chosen: &PyReadonlyArray1<'_, f64>, rejected: &PyReadonlyArray1<'
 /// gradients of that reduced loss (of each per-pair loss for "none").
 type LossAndGrads<'py> = (PyObject, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
 
-fn finish<'py>(py: Python<'py>, per_pair: Vec<f64>, grads: (Vec<f64>, Vec<f64>), reduction: Reduction) -> PyResult<LossAndGrads<'py>> {
+fn finish<'py>(
+    py: Python<'py>,
+    per_pair: Vec<f64>,
+    grads: (Vec<f64>, Vec<f64>),
+    reduction: Reduction,
+) -> PyResult<LossAndGrads<'py>> {
     let scale = reduction.grad_scale(per_pair.len());
     let loss: PyObject = match reduction {
-        Reduction::Mean => (per_pair.iter().sum::<f64>() / per_pair.len() as f64).into_pyobject(py)?.into_any().unbind(),
+        Reduction::Mean => {
+            (per_pair.iter().sum::<f64>() / per_pair.len() as f64).into_pyobject(py)?.into_any().unbind()
+        }
         Reduction::Sum => per_pair.iter().sum::<f64>().into_pyobject(py)?.into_any().unbind(),
         Reduction::None => per_pair.into_pyarray(py).into_any().unbind(),
     };
@@ -185,7 +234,12 @@ fn finish<'py>(py: Python<'py>, per_pair: Vec<f64>, grads: (Vec<f64>, Vec<f64>),
 /// SimPER loss and its gradients with respect to the chosen and rejected average log-probs.
 #[pyfunction]
 #[pyo3(signature = (chosen_logps, rejected_logps, reduction = "mean"))]
-pub fn numpy_simper_loss<'py>(py: Python<'py>, chosen_logps: PyReadonlyArray1<'py, f64>, rejected_logps: PyReadonlyArray1<'py, f64>, reduction: &str) -> PyResult<LossAndGrads<'py>> {
+pub fn numpy_simper_loss<'py>(
+    py: Python<'py>,
+    chosen_logps: PyReadonlyArray1<'py, f64>,
+    rejected_logps: PyReadonlyArray1<'py, f64>,
+    reduction: &str,
+) -> PyResult<LossAndGrads<'py>> {
     let reduction = Reduction::parse(reduction)?;
     let (c, r, ..) = pair_arrays(&chosen_logps, &rejected_logps, None)?;
     let per_pair = c.iter().zip(&r).map(|(w, l)| losses::simper(w, l)).collect();
@@ -213,7 +267,12 @@ pub fn numpy_dil_loss<'py>(
     let refs = match (&ref_chosen_logps, &ref_rejected_logps) {
         (None, None) => None,
         (Some(a), Some(b)) => Some((a, b)),
-        _ => return Err(Error::value("ref_chosen_logps and ref_rejected_logps must be given together (both or neither)").into()),
+        _ => {
+            return Err(Error::value(
+                "ref_chosen_logps and ref_rejected_logps must be given together (both or neither)",
+            )
+            .into())
+        }
     };
     let (c, _, u_c, u_r) = pair_arrays(&chosen_logps, &rejected_logps, refs)?;
     let per_pair = (0..c.len()).map(|i| losses::dil(estimator, beta, &c[i], &u_c[i], &u_r[i])).collect();

@@ -66,9 +66,7 @@ pub(crate) fn check_logits_labels_shapes(logits: &Tensor, labels: &Tensor, shift
 fn logits_source(logits: &Tensor) -> Result<LabelSource> {
     let lsize = logits.size();
     if lsize.len() != 3 {
-        return Err(Error::value(format!(
-            "logits must be a 3-D tensor [batch, seq_len, vocab], got shape {lsize:?}"
-        )));
+        return Err(Error::value(format!("logits must be a 3-D tensor [batch, seq_len, vocab], got shape {lsize:?}")));
     }
     if !is_float(logits.kind()) {
         return Err(Error::type_(format!(
@@ -91,7 +89,13 @@ pub(crate) struct LabelSource {
 
 /// Label checks shared by every op: dtype, shape, device, shift length, vocabulary range and,
 /// with `require_tokens`, at least one response token per row.
-pub(crate) fn check_labels(labels: &Tensor, source: &LabelSource, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<i64> {
+pub(crate) fn check_labels(
+    labels: &Tensor,
+    source: &LabelSource,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> Result<i64> {
     check_label_shapes(labels, source, shift)?;
     let (seq_len, vocab) = (source.seq_len, source.vocab);
     let used = shifted_labels(labels, shift);
@@ -124,9 +128,7 @@ pub(crate) fn check_labels(labels: &Tensor, source: &LabelSource, ignore_index: 
 fn check_label_shapes(labels: &Tensor, source: &LabelSource, shift: bool) -> Result<()> {
     let ysize = labels.size();
     if ysize.len() != 2 {
-        return Err(Error::value(format!(
-            "labels must be a 2-D tensor [batch, seq_len], got shape {ysize:?}"
-        )));
+        return Err(Error::value(format!("labels must be a 2-D tensor [batch, seq_len], got shape {ysize:?}")));
     }
     if labels.kind() != Kind::Int64 {
         return Err(Error::type_(format!(
@@ -199,7 +201,13 @@ pub(crate) fn apply_transform(x: &Tensor, transform: LogitTransform) -> Tensor {
 
 /// Per-token log-probs of log_softmax(t(logits)) through plain libtorch ops (autograd recorded
 /// by libtorch).
-pub(crate) fn reference_token_logps(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> Tensor {
+pub(crate) fn reference_token_logps(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    transform: LogitTransform,
+) -> Tensor {
     let x = apply_transform(&shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind())), transform);
     let y = shifted_labels(labels, shift);
     let mask = y.ne(ignore_index);
@@ -210,7 +218,13 @@ pub(crate) fn reference_token_logps(logits: &Tensor, labels: &Tensor, ignore_ind
 }
 
 /// Sum (or mean) over the response tokens of per-token log-probs that are 0 where ignored.
-pub(crate) fn reduce_to_sequences(token_logps: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, average: bool) -> Tensor {
+pub(crate) fn reduce_to_sequences(
+    token_logps: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    average: bool,
+) -> Tensor {
     let total = token_logps.sum_dim_intlist(1, false, None);
     if !average {
         return total;
@@ -226,7 +240,15 @@ pub(crate) fn reduce_to_sequences(token_logps: &Tensor, labels: &Tensor, ignore_
 // default as `...`, which help() shows and stubtest rejects.
 #[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, logit_scale = None, logit_softcap = None), text_signature = "(logits, labels, ignore_index=-100, shift=True, logit_scale=None, logit_softcap=None)")]
 #[allow(clippy::too_many_arguments)]
-pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, logit_scale: Option<f64>, logit_softcap: Option<f64>) -> PyResult<PyTensor> {
+pub fn token_logps_torch(
+    py: Python<'_>,
+    logits: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    logit_scale: Option<f64>,
+    logit_softcap: Option<f64>,
+) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || -> Result<Tensor> {
         let transform = logit_transform(logit_scale, logit_softcap)?;
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;
@@ -238,7 +260,14 @@ pub fn token_logps_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ign
 /// Validate a (logits, labels) pair as the public functions do; raises on bad input.
 #[pyfunction]
 #[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, require_tokens = false), text_signature = "(logits, labels, ignore_index=-100, shift=True, require_tokens=False)")]
-pub fn check_logps_inputs(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, require_tokens: bool) -> PyResult<()> {
+pub fn check_logps_inputs(
+    py: Python<'_>,
+    logits: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> PyResult<()> {
     py.allow_threads(move || check_logits_labels(&logits, &labels, ignore_index, shift, require_tokens))?;
     Ok(())
 }
@@ -246,7 +275,14 @@ pub fn check_logps_inputs(py: Python<'_>, logits: PyTensor, labels: PyTensor, ig
 /// Reduce per-token log-probs [B, T'] to per-sequence log-probs [B].
 #[pyfunction]
 #[pyo3(signature = (token_logps, labels, ignore_index = -100, shift = true, average = true), text_signature = "(token_logps, labels, ignore_index=-100, shift=True, average=True)")]
-pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, average: bool) -> PyResult<PyTensor> {
+pub fn reduce_sequence_logps(
+    py: Python<'_>,
+    token_logps: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    average: bool,
+) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || reduce_to_sequences(&token_logps, &labels, ignore_index, shift, average));
     Ok(PyTensor(out))
 }
@@ -254,9 +290,18 @@ pub fn reduce_sequence_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTe
 /// `position_ids` of packed rows checked against `labels` and split into sequences (read to
 /// the host: O(B·T) integers). Returns each position's sequence index (on the labels' device)
 /// and each sequence's labelled-token count.
-pub(crate) fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_index: i64, shift: bool, require_tokens: bool) -> Result<(Tensor, Vec<u64>)> {
+pub(crate) fn packed_sequences(
+    labels: &Tensor,
+    position_ids: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> Result<(Tensor, Vec<u64>)> {
     if is_float(position_ids.kind()) || position_ids.kind() == Kind::Bool {
-        return Err(Error::type_(format!("position_ids must be an integer tensor, got {}", dtype_name(position_ids.kind()))));
+        return Err(Error::type_(format!(
+            "position_ids must be an integer tensor, got {}",
+            dtype_name(position_ids.kind())
+        )));
     }
     if position_ids.size() != labels.size() {
         return Err(Error::value(format!(
@@ -266,14 +311,26 @@ pub(crate) fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_in
         )));
     }
     if position_ids.device() != labels.device() {
-        return Err(Error::value(format!("position_ids is on {:?} but labels are on {:?}", position_ids.device(), labels.device())));
+        return Err(Error::value(format!(
+            "position_ids is on {:?} but labels are on {:?}",
+            position_ids.device(),
+            labels.device()
+        )));
     }
     let host = |t: &Tensor| -> Result<Vec<i64>> {
-        Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(tch::Device::Cpu).contiguous().view(-1)).map_err(|e| Error::runtime(e.to_string()))
+        Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(tch::Device::Cpu).contiguous().view(-1))
+            .map_err(|e| Error::runtime(e.to_string()))
     };
     let cols = labels.size().get(1).copied().unwrap_or(0) as usize;
-    let segments = crate::kernels::segments::packed_segments(&host(position_ids)?, &host(labels)?, cols, ignore_index, shift, require_tokens)
-        .map_err(|err| Error::value(err.to_string()))?;
+    let segments = crate::kernels::segments::packed_segments(
+        &host(position_ids)?,
+        &host(labels)?,
+        cols,
+        ignore_index,
+        shift,
+        require_tokens,
+    )
+    .map_err(|err| Error::value(err.to_string()))?;
     let ids = Tensor::from_slice(&segments.ids).view(labels.size().as_slice()).to_device(labels.device());
     Ok((ids, segments.tokens))
 }
@@ -281,8 +338,17 @@ pub(crate) fn packed_sequences(labels: &Tensor, position_ids: &Tensor, ignore_in
 /// Validate the `position_ids` of packed rows against `labels`; the number of packed sequences.
 #[pyfunction]
 #[pyo3(signature = (labels, position_ids, ignore_index = -100, shift = true, require_tokens = false), text_signature = "(labels, position_ids, ignore_index=-100, shift=True, require_tokens=False)")]
-pub fn check_packed_inputs(py: Python<'_>, labels: PyTensor, position_ids: PyTensor, ignore_index: i64, shift: bool, require_tokens: bool) -> PyResult<usize> {
-    let count = py.allow_threads(move || packed_sequences(&labels, &position_ids, ignore_index, shift, require_tokens).map(|(_, tokens)| tokens.len()))?;
+pub fn check_packed_inputs(
+    py: Python<'_>,
+    labels: PyTensor,
+    position_ids: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    require_tokens: bool,
+) -> PyResult<usize> {
+    let count = py.allow_threads(move || {
+        packed_sequences(&labels, &position_ids, ignore_index, shift, require_tokens).map(|(_, tokens)| tokens.len())
+    })?;
     Ok(count)
 }
 
@@ -290,7 +356,15 @@ pub fn check_packed_inputs(py: Python<'_>, labels: PyTensor, position_ids: PyTen
 /// order of appearance (row by row): an index_add over the tokens, differentiable.
 #[pyfunction]
 #[pyo3(signature = (token_logps, labels, position_ids, ignore_index = -100, shift = true, average = true), text_signature = "(token_logps, labels, position_ids, ignore_index=-100, shift=True, average=True)")]
-pub fn reduce_packed_logps(py: Python<'_>, token_logps: PyTensor, labels: PyTensor, position_ids: PyTensor, ignore_index: i64, shift: bool, average: bool) -> PyResult<PyTensor> {
+pub fn reduce_packed_logps(
+    py: Python<'_>,
+    token_logps: PyTensor,
+    labels: PyTensor,
+    position_ids: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    average: bool,
+) -> PyResult<PyTensor> {
     let out = py.allow_threads(move || -> Result<Tensor> {
         let (ids, tokens) = packed_sequences(&labels, &position_ids, ignore_index, shift, average)?;
         // The token at column c of a shifted row scores the label at c + 1, which is in that label's sequence.
@@ -361,7 +435,12 @@ struct PairInputs {
     u_rejected: Tensor,
 }
 
-fn pair_inputs(chosen: &Tensor, rejected: &Tensor, ref_chosen: Option<&Tensor>, ref_rejected: Option<&Tensor>) -> Result<PairInputs> {
+fn pair_inputs(
+    chosen: &Tensor,
+    rejected: &Tensor,
+    ref_chosen: Option<&Tensor>,
+    ref_rejected: Option<&Tensor>,
+) -> Result<PairInputs> {
     let c = check_pair_vector("chosen_logps", chosen, None)?;
     let r = check_pair_vector("rejected_logps", rejected, Some(("chosen_logps", chosen)))?;
     let (u_c, u_r) = match (ref_chosen, ref_rejected) {
@@ -377,13 +456,24 @@ fn pair_inputs(chosen: &Tensor, rejected: &Tensor, ref_chosen: Option<&Tensor>, 
             ))
         }
     };
-    Ok(PairInputs { out_kind: accumulation_kind(chosen.kind()), chosen: c, rejected: r, u_chosen: u_c, u_rejected: u_r })
+    Ok(PairInputs {
+        out_kind: accumulation_kind(chosen.kind()),
+        chosen: c,
+        rejected: r,
+        u_chosen: u_c,
+        u_rejected: u_r,
+    })
 }
 
 /// SimPER loss from per-sequence average log-probs.
 #[pyfunction]
 #[pyo3(signature = (chosen_logps, rejected_logps, reduction = "mean"))]
-pub fn simper_loss(py: Python<'_>, chosen_logps: PyTensor, rejected_logps: PyTensor, reduction: &str) -> PyResult<PyTensor> {
+pub fn simper_loss(
+    py: Python<'_>,
+    chosen_logps: PyTensor,
+    rejected_logps: PyTensor,
+    reduction: &str,
+) -> PyResult<PyTensor> {
     let reduction = Reduction::parse(reduction)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p = pair_inputs(&chosen_logps, &rejected_logps, None, None)?;
@@ -410,7 +500,8 @@ pub fn dil_loss(
     let reduction = Reduction::parse(reduction)?;
     check_beta(beta)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
-        let p = pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
+        let p =
+            pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
         Ok(reduce(losses::dil(estimator, beta, &p.chosen, &p.u_chosen, &p.u_rejected), reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))
@@ -435,7 +526,8 @@ pub fn preference_metrics<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let values = py.allow_threads(move || -> Result<Vec<(&'static str, f64)>> {
         let _guard = tch::no_grad_guard();
-        let p = pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
+        let p =
+            pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
         let mean = |t: &Tensor| t.mean(Kind::Double).double_value(&[]);
         let margins = &p.u_chosen - &p.u_rejected;
         Ok(vec![
@@ -456,7 +548,13 @@ pub fn preference_metrics<'py>(
 
 /// Per-token entropy and argmax == label (as 0/1) of t(logits) through libtorch ops, 0 where
 /// ignored.
-pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_index: i64, shift: bool, transform: LogitTransform) -> (Tensor, Tensor) {
+pub(crate) fn reference_token_stats(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore_index: i64,
+    shift: bool,
+    transform: LogitTransform,
+) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
     let x = apply_transform(&shifted_logits(logits, shift).to_kind(accumulation_kind(logits.kind())), transform);
     let y = shifted_labels(labels, shift);
@@ -474,7 +572,15 @@ pub(crate) fn reference_token_stats(logits: &Tensor, labels: &Tensor, ignore_ind
 #[pyfunction]
 #[pyo3(signature = (logits, labels, ignore_index = -100, shift = true, logit_scale = None, logit_softcap = None), text_signature = "(logits, labels, ignore_index=-100, shift=True, logit_scale=None, logit_softcap=None)")]
 #[allow(clippy::too_many_arguments)]
-pub fn token_stats_torch(py: Python<'_>, logits: PyTensor, labels: PyTensor, ignore_index: i64, shift: bool, logit_scale: Option<f64>, logit_softcap: Option<f64>) -> PyResult<(PyTensor, PyTensor)> {
+pub fn token_stats_torch(
+    py: Python<'_>,
+    logits: PyTensor,
+    labels: PyTensor,
+    ignore_index: i64,
+    shift: bool,
+    logit_scale: Option<f64>,
+    logit_softcap: Option<f64>,
+) -> PyResult<(PyTensor, PyTensor)> {
     let (entropy, correct) = py.allow_threads(move || -> Result<(Tensor, Tensor)> {
         let transform = logit_transform(logit_scale, logit_softcap)?;
         check_logits_labels(&logits, &labels, ignore_index, shift, false)?;

@@ -106,8 +106,22 @@ impl DeviceKernels {
             let mut device = 0;
             check(cu::cuDeviceGet(&mut device, ordinal), "cuDeviceGet")?;
             let (mut major, mut minor) = (0, 0);
-            check(cu::cuDeviceGetAttribute(&mut major, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device), "cuDeviceGetAttribute")?;
-            check(cu::cuDeviceGetAttribute(&mut minor, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device), "cuDeviceGetAttribute")?;
+            check(
+                cu::cuDeviceGetAttribute(
+                    &mut major,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    device,
+                ),
+                "cuDeviceGetAttribute",
+            )?;
+            check(
+                cu::cuDeviceGetAttribute(
+                    &mut minor,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    device,
+                ),
+                "cuDeviceGetAttribute",
+            )?;
             if major < 8 {
                 return Err(Error::runtime(format!(
                     "the kernel needs compute capability 8.0 or newer (bfloat16 conversions), cuda:{ordinal} has {major}.{minor}"
@@ -148,7 +162,19 @@ impl DeviceKernels {
             .ok_or_else(|| Error::value(format!("{rows} rows exceed the CUDA kernel's grid limit of 2^31 - 1")))?;
         let _current = ContextGuard::push(self.context)?;
         check(
-            cu::cuLaunchKernel(self.functions[kernel.index()], grid, 1, 1, BLOCK_THREADS, 1, 1, 0, stream, params.as_mut_ptr(), std::ptr::null_mut()),
+            cu::cuLaunchKernel(
+                self.functions[kernel.index()],
+                grid,
+                1,
+                1,
+                BLOCK_THREADS,
+                1,
+                1,
+                0,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
             "cuLaunchKernel",
         )
     }
@@ -162,8 +188,9 @@ pub fn kernels(ordinal: i32) -> Result<Arc<DeviceKernels>> {
         return Ok(found.clone());
     }
     // cudarc panics when a driver symbol is missing (a driver older than the API it asks for).
-    let loaded = std::panic::catch_unwind(|| DeviceKernels::load(ordinal))
-        .unwrap_or_else(|_| Err(Error::runtime("the CUDA driver lacks a function the kernel launcher needs (driver too old?)")))?;
+    let loaded = std::panic::catch_unwind(|| DeviceKernels::load(ordinal)).unwrap_or_else(|_| {
+        Err(Error::runtime("the CUDA driver lacks a function the kernel launcher needs (driver too old?)"))
+    })?;
     let loaded = Arc::new(loaded);
     cache.insert(ordinal, loaded.clone());
     Ok(loaded)
@@ -197,7 +224,9 @@ impl From<crate::kernels::transform::LogitTransform> for Transform {
         match t {
             LogitTransform::Identity => Transform { kind: 0, a: 1.0, c: 1.0, inv_c: 1.0 },
             LogitTransform::Scale(s) => Transform { kind: 1, a: s as f32, c: 1.0, inv_c: 1.0 },
-            LogitTransform::Softcap { scale, cap } => Transform { kind: 2, a: (scale / cap) as f32, c: cap as f32, inv_c: (1.0 / cap) as f32 },
+            LogitTransform::Softcap { scale, cap } => {
+                Transform { kind: 2, a: (scale / cap) as f32, c: cap as f32, inv_c: (1.0 / cap) as f32 }
+            }
         }
     }
 }

@@ -119,13 +119,17 @@ fn compile_with_log(target: Target, extra: &[&str]) -> Result<(Vec<u8>, String)>
     let result = unsafe {
         let compiled = nvrtc::compile_program(program, &options);
         let outcome = match compiled {
-            Err(_) => Err(Error::runtime(format!("the CUDA kernel did not compile for {target:?}:\n{}", program_log(program)))),
+            Err(_) => Err(Error::runtime(format!(
+                "the CUDA kernel did not compile for {target:?}:\n{}",
+                program_log(program)
+            ))),
             Ok(()) => match target {
                 Target::Cubin(_) => {
                     let mut size = 0usize;
                     check_nvrtc(nvrtc_sys::nvrtcGetCUBINSize(program, &mut size), "nvrtcGetCUBINSize").and_then(|_| {
                         let mut cubin = vec![0u8; size];
-                        check_nvrtc(nvrtc_sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()), "nvrtcGetCUBIN").map(|_| cubin)
+                        check_nvrtc(nvrtc_sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()), "nvrtcGetCUBIN")
+                            .map(|_| cubin)
                     })
                 }
                 Target::Ptx(_) => nvrtc::get_ptx(program)

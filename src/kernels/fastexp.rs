@@ -11,8 +11,8 @@
 //! 1 − 2/(e^{2|x|} + 1) would cancel, and that expression elsewhere.
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_145_751_953_125; // ln 2 split so that n·LN2_HI is exact
-const LN2_LO: f32 = 1.428_606_765_330_187e-6;
+const LN2_HI: f32 = 0.693_145_75; // ln 2 split so that n·LN2_HI is exact (0x3f317200)
+const LN2_LO: f32 = 1.428_606_8e-6;
 const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to the nearest integer
 const MAX_INPUT: f32 = 88.0; // e^88 < f32::MAX
 const MIN_INPUT: f32 = -87.33; // e^-87.33 ≈ 1.2e-38, the smallest normal float32

@@ -109,7 +109,14 @@ fn labelled_positions(positions: usize, shift: bool) -> Result<usize, KernelErro
 }
 
 /// The label each logits row predicts, `None` where ignored; `labels` is `[batch, positions]`.
-fn check_labels(labels: &[i64], batch: usize, positions: usize, vocab: usize, shift: bool, ignore_index: i64) -> Result<(), KernelError> {
+fn check_labels(
+    labels: &[i64],
+    batch: usize,
+    positions: usize,
+    vocab: usize,
+    shift: bool,
+    ignore_index: i64,
+) -> Result<(), KernelError> {
     let needed = batch * positions;
     if labels.len() != needed {
         return Err(KernelError::BufferTooShort { name: "labels", needed, got: labels.len() });
@@ -155,6 +162,8 @@ fn rescale<A: Accum>(m: A, new_m: A, s: A, sw: A) -> (A, A) {
 /// Folds a block (a whole number of `LANES` chunks) into the lanes: a max sweep, one rescale per
 /// lane, then the exp sweep over data that is still in L1. One exp per element, one pass over
 /// memory.
+// The lane loops index fixed-size arrays on purpose: that is the shape LLVM vectorises.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn fold_block<E: Logit, T: RowTransform<E::Acc>, const WEIGHTED: bool>(state: &mut Lanes<E::Acc>, block: &[E], t: T) {
     let zero = E::Acc::ZERO;
@@ -189,6 +198,7 @@ fn fold_block<E: Logit, T: RowTransform<E::Acc>, const WEIGHTED: bool>(state: &m
 
 /// max x, Σ exp(x − max) and (with `WEIGHTED`) Σ (x − max)·exp(x − max) of one row in a single
 /// pass. The lanes are combined in a fixed order, so the result depends only on the row.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn row_online<E: Logit, T: RowTransform<E::Acc>, const WEIGHTED: bool>(row: &[E], t: T) -> (E::Acc, E::Acc, E::Acc) {
     let zero = E::Acc::ZERO;
@@ -240,7 +250,12 @@ pub struct RowForward<A> {
 }
 
 #[inline(always)]
-fn forward_row_impl<E: Logit, T: RowTransform<E::Acc>>(row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
+fn forward_row_impl<E: Logit, T: RowTransform<E::Acc>>(
+    row: &[E],
+    label: usize,
+    stats: bool,
+    t: T,
+) -> RowForward<E::Acc> {
     let (m, s, sw) = if stats { row_online::<E, T, true>(row, t) } else { row_online::<E, T, false>(row, t) };
     let log_s = s.ln();
     let lse = m + log_s;
@@ -272,7 +287,14 @@ fn label_grad<A: Accum, T: RowTransform<A>>(z: A, grad: A, lse: A, t: T) -> A {
 }
 
 #[inline(always)]
-fn backward_row_impl<E: Logit, T: RowTransform<E::Acc>>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+fn backward_row_impl<E: Logit, T: RowTransform<E::Acc>>(
+    row: &[E],
+    out: &mut [E],
+    label: usize,
+    grad: E::Acc,
+    lse: E::Acc,
+    t: T,
+) {
     for (o, &x) in out.iter_mut().zip(row) {
         *o = E::store(element_grad(x.load(), grad, lse, t));
     }
@@ -281,7 +303,13 @@ fn backward_row_impl<E: Logit, T: RowTransform<E::Acc>>(row: &[E], out: &mut [E]
 
 /// [`backward_row_impl`] over a row that holds the logits on entry and the gradient on exit.
 #[inline(always)]
-fn backward_row_in_place_impl<E: Logit, T: RowTransform<E::Acc>>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+fn backward_row_in_place_impl<E: Logit, T: RowTransform<E::Acc>>(
+    row: &mut [E],
+    label: usize,
+    grad: E::Acc,
+    lse: E::Acc,
+    t: T,
+) {
     let label_value = label_grad(row[label].load(), grad, lse, t);
     for x in row.iter_mut() {
         *x = E::store(element_grad(x.load(), grad, lse, t));
@@ -347,7 +375,9 @@ impl RowCode {
     pub fn selected() -> RowCode {
         static SELECTED: std::sync::OnceLock<RowCode> = std::sync::OnceLock::new();
         *SELECTED.get_or_init(|| {
-            let cap = std::env::var("SIMPER_RS_ROW_CODE").ok().and_then(|v| RowCode::ALL.into_iter().find(|c| c.name() == v.trim().to_ascii_lowercase()));
+            let cap = std::env::var("SIMPER_RS_ROW_CODE")
+                .ok()
+                .and_then(|v| RowCode::ALL.into_iter().find(|c| c.name() == v.trim().to_ascii_lowercase()));
             let start = cap.map_or(0, |c| RowCode::ALL.iter().position(|&x| x == c).unwrap_or(0));
             RowCode::ALL[start..].iter().copied().find(|c| c.available()).unwrap_or(RowCode::Baseline)
         })
@@ -360,26 +390,49 @@ macro_rules! row_code {
     ($forward:ident, $backward:ident, $in_place:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $forward<E: Logit, T: RowTransform<E::Acc>>(row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
+        unsafe fn $forward<E: Logit, T: RowTransform<E::Acc>>(
+            row: &[E],
+            label: usize,
+            stats: bool,
+            t: T,
+        ) -> RowForward<E::Acc> {
             forward_row_impl(row, label, stats, t)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $backward<E: Logit, T: RowTransform<E::Acc>>(row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+        unsafe fn $backward<E: Logit, T: RowTransform<E::Acc>>(
+            row: &[E],
+            out: &mut [E],
+            label: usize,
+            grad: E::Acc,
+            lse: E::Acc,
+            t: T,
+        ) {
             backward_row_impl(row, out, label, grad, lse, t)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $in_place<E: Logit, T: RowTransform<E::Acc>>(row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+        unsafe fn $in_place<E: Logit, T: RowTransform<E::Acc>>(
+            row: &mut [E],
+            label: usize,
+            grad: E::Acc,
+            lse: E::Acc,
+            t: T,
+        ) {
             backward_row_in_place_impl(row, label, grad, lse, t)
         }
     };
 }
 
 row_code!(forward_row_avx2, backward_row_avx2, backward_row_in_place_avx2, "avx2,fma,f16c");
-row_code!(forward_row_avx512, backward_row_avx512, backward_row_in_place_avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl");
+row_code!(
+    forward_row_avx512,
+    backward_row_avx512,
+    backward_row_in_place_avx512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"
+);
 
 /// Which compilation of the row code runs on this CPU (picked at run time, as the kernels do).
 pub fn row_code_path() -> &'static str {
@@ -398,7 +451,13 @@ pub fn forward_row_with<E: Logit>(code: RowCode, row: &[E], label: usize, stats:
 }
 
 /// [`forward_row_with`] of the transformed row t(z).
-pub fn forward_row_transformed<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &[E], label: usize, stats: bool, t: T) -> RowForward<E::Acc> {
+pub fn forward_row_transformed<E: Logit, T: RowTransform<E::Acc>>(
+    code: RowCode,
+    row: &[E],
+    label: usize,
+    stats: bool,
+    t: T,
+) -> RowForward<E::Acc> {
     assert!(label < row.len(), "label {label} outside a row of {}", row.len());
     #[cfg(target_arch = "x86_64")]
     if code.available() {
@@ -412,7 +471,15 @@ pub fn forward_row_transformed<E: Logit, T: RowTransform<E::Acc>>(code: RowCode,
     forward_row_impl(row, label, stats, t)
 }
 
-fn backward_row<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &[E], out: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+fn backward_row<E: Logit, T: RowTransform<E::Acc>>(
+    code: RowCode,
+    row: &[E],
+    out: &mut [E],
+    label: usize,
+    grad: E::Acc,
+    lse: E::Acc,
+    t: T,
+) {
     #[cfg(target_arch = "x86_64")]
     if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
@@ -425,7 +492,14 @@ fn backward_row<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &[E], out
     backward_row_impl(row, out, label, grad, lse, t)
 }
 
-fn backward_row_in_place<E: Logit, T: RowTransform<E::Acc>>(code: RowCode, row: &mut [E], label: usize, grad: E::Acc, lse: E::Acc, t: T) {
+fn backward_row_in_place<E: Logit, T: RowTransform<E::Acc>>(
+    code: RowCode,
+    row: &mut [E],
+    label: usize,
+    grad: E::Acc,
+    lse: E::Acc,
+    t: T,
+) {
     #[cfg(target_arch = "x86_64")]
     if code.available() {
         // SAFETY: the CPU supports the enabled features (checked just above).
@@ -704,7 +778,16 @@ mod tests {
         let n = c.batch * (c.positions - shift as usize);
         let zero = E::Acc::ZERO;
         let (mut lp, mut lse, mut ent, mut cor) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
-        forward_with(code, &rows, &c.labels, -100, shift, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+        forward_with(
+            code,
+            &rows,
+            &c.labels,
+            -100,
+            shift,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) },
+        )
+        .unwrap();
         let f = |v: Vec<E::Acc>| v.into_iter().map(|x| x.to_f64()).collect();
         (f(lp), f(lse), f(ent), f(cor))
     }
@@ -775,7 +858,12 @@ mod tests {
         for code in codes() {
             for label in [0usize, 1999] {
                 let r = forward_row_with(code, &row, label, true);
-                assert!((r.logp as f64 - ls[label]).abs() < 1e-5 * (1.0 + ls[label].abs()), "{code:?}: {} vs {}", r.logp, ls[label]);
+                assert!(
+                    (r.logp as f64 - ls[label]).abs() < 1e-5 * (1.0 + ls[label].abs()),
+                    "{code:?}: {} vs {}",
+                    r.logp,
+                    ls[label]
+                );
                 assert!((r.entropy as f64 - want_entropy).abs() < 1e-5 * (1.0 + want_entropy), "{code:?}");
                 assert_eq!(r.correct, label == 1999);
             }
@@ -785,7 +873,8 @@ mod tests {
     #[test]
     fn lanes_that_hold_only_negative_infinity_add_nothing() {
         // Masked vocabulary entries: every other chunk of 16 and whole blocks are −inf.
-        let row: Vec<f32> = (0..1100).map(|i| if (i / 16) % 2 == 0 || i < 300 { f32::NEG_INFINITY } else { (i % 7) as f32 }).collect();
+        let row: Vec<f32> =
+            (0..1100).map(|i| if (i / 16) % 2 == 0 || i < 300 { f32::NEG_INFINITY } else { (i % 7) as f32 }).collect();
         let wide: Vec<f64> = row.iter().map(|&x| x as f64).collect();
         let ls = naive_log_softmax(&wide);
         let finite: Vec<f64> = ls.iter().cloned().filter(|l| l.is_finite()).collect();
@@ -849,24 +938,44 @@ mod tests {
         }
         let rows = LogitsRows::new(&wide, [2, 5, 9], [70, 12]).unwrap();
         let (mut lp, mut lse) = (vec![0f32; 8], vec![0f32; 8]);
-        forward(&rows, &c.labels, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        forward(
+            &rows,
+            &c.labels,
+            -100,
+            true,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None },
+        )
+        .unwrap();
         let (want, ..) = run_forward::<f32>(&c, true);
         assert_close(&lp.iter().map(|&x| x as f64).collect::<Vec<_>>(), &want, 0.0);
     }
 
     #[test]
     fn backward_matches_naive_gradient() {
-        for (code, (vocab, shift)) in codes().into_iter().flat_map(|code| [(1usize, true), (13, true), (64, false), (300, true)].map(|v| (code, v))) {
+        for (code, (vocab, shift)) in codes()
+            .into_iter()
+            .flat_map(|code| [(1usize, true), (13, true), (64, false), (300, true)].map(|v| (code, v)))
+        {
             let c = case(2, 4, vocab, 3.0, 5);
             let data: Vec<f64> = c.logits.clone();
             let rows = LogitsRows::contiguous(&data, [2, 4, vocab]).unwrap();
             let used = 4 - shift as usize;
             let n = 2 * used;
             let (mut lp, mut lse) = (vec![0.0; n], vec![0.0; n]);
-            forward(&rows, &c.labels, -100, shift, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+            forward(
+                &rows,
+                &c.labels,
+                -100,
+                shift,
+                LogitTransform::Identity,
+                ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None },
+            )
+            .unwrap();
             let upstream: Vec<f64> = (0..n).map(|i| 0.3 + i as f64).collect();
             let mut grad = vec![f64::NAN; 2 * 4 * vocab];
-            backward_with(code, &rows, &c.labels, -100, shift, LogitTransform::Identity, &upstream, &lse, &mut grad).unwrap();
+            backward_with(code, &rows, &c.labels, -100, shift, LogitTransform::Identity, &upstream, &lse, &mut grad)
+                .unwrap();
             for b in 0..2 {
                 for t in 0..4 {
                     let g = &grad[(b * 4 + t) * vocab..(b * 4 + t + 1) * vocab];
@@ -893,7 +1002,15 @@ mod tests {
         let rows = LogitsRows::contiguous(&c.logits, [1, 6, 37]).unwrap();
         let labels: Vec<i64> = c.labels.clone();
         let (mut lp, mut lse) = (vec![0.0; 6], vec![0.0; 6]);
-        forward(&rows, &labels, -100, false, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap();
+        forward(
+            &rows,
+            &labels,
+            -100,
+            false,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None },
+        )
+        .unwrap();
         let upstream: Vec<f64> = (0..6).map(|i| 1.0 - 0.3 * i as f64).collect();
         let mut want = vec![0.0; 6 * 37];
         backward(&rows, &labels, -100, false, LogitTransform::Identity, &upstream, &lse, &mut want).unwrap();
@@ -906,8 +1023,16 @@ mod tests {
     fn results_do_not_depend_on_the_thread_count() {
         let c = case(4, 16, 300, 5.0, 9);
         for code in codes() {
-            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run_forward_with::<f32>(code, &c, true));
-            let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| run_forward_with::<f32>(code, &c, true));
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| run_forward_with::<f32>(code, &c, true));
+            let four = rayon::ThreadPoolBuilder::new()
+                .num_threads(4)
+                .build()
+                .unwrap()
+                .install(|| run_forward_with::<f32>(code, &c, true));
             assert_eq!(one.0, four.0);
             assert_eq!(one.2, four.2);
         }
@@ -920,13 +1045,17 @@ mod tests {
         assert_eq!(reduce_sequences(&tokens, &labels, 2, 4, true, -100, false).unwrap(), vec![-3.0, -1.5]);
         assert_eq!(reduce_sequences(&tokens, &labels, 2, 4, true, -100, true).unwrap(), vec![-1.5, -0.5]);
         let empty = [-100i64, -100, -100, -100, 1, 1, 1, 1];
-        assert_eq!(reduce_sequences(&tokens, &empty, 2, 4, true, -100, true).unwrap_err(), KernelError::EmptyRow { row: 0 });
+        assert_eq!(
+            reduce_sequences(&tokens, &empty, 2, 4, true, -100, true).unwrap_err(),
+            KernelError::EmptyRow { row: 0 }
+        );
     }
 
     /// Float64 reference of the transformed row's log-softmax and of the gradient with respect
     /// to the untransformed logits, through the chain rule written out.
     fn naive_transformed(row: &[f64], label: usize, t: LogitTransform, upstream: f64) -> (f64, Vec<f64>) {
-        let (apply, derivative): (Box<dyn Fn(f64) -> f64>, Box<dyn Fn(f64) -> f64>) = match t {
+        type Function = Box<dyn Fn(f64) -> f64>;
+        let (apply, derivative): (Function, Function) = match t {
             LogitTransform::Identity => (Box::new(|z| z), Box::new(|_| 1.0)),
             LogitTransform::Scale(s) => (Box::new(move |z| s * z), Box::new(move |_| s)),
             LogitTransform::Softcap { scale, cap } => (
@@ -936,13 +1065,20 @@ mod tests {
         };
         let y: Vec<f64> = row.iter().map(|&z| apply(z)).collect();
         let ls = naive_log_softmax(&y);
-        let grad = (0..row.len()).map(|j| upstream * ((j == label) as i32 as f64 - ls[j].exp()) * derivative(row[j])).collect();
+        let grad = (0..row.len())
+            .map(|j| upstream * ((j == label) as i32 as f64 - ls[j].exp()) * derivative(row[j]))
+            .collect();
         (ls[label], grad)
     }
 
     #[test]
     fn transformed_logits_match_the_chain_rule_for_each_row_code() {
-        let transforms = [LogitTransform::Scale(0.0625), LogitTransform::Scale(-2.5), LogitTransform::Softcap { scale: 1.0, cap: 3.0 }, LogitTransform::Softcap { scale: 0.5, cap: 30.0 }];
+        let transforms = [
+            LogitTransform::Scale(0.0625),
+            LogitTransform::Scale(-2.5),
+            LogitTransform::Softcap { scale: 1.0, cap: 3.0 },
+            LogitTransform::Softcap { scale: 0.5, cap: 30.0 },
+        ];
         for code in codes() {
             for t in transforms {
                 for vocab in [5usize, 300] {
@@ -951,8 +1087,18 @@ mod tests {
                     let wide: Vec<f64> = data.iter().map(|&x| x as f64).collect();
                     let rows = LogitsRows::contiguous(&data, [2, 4, vocab]).unwrap();
                     let n = 2 * 3;
-                    let (mut lp, mut lse, mut ent, mut cor) = (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-                    forward_with(code, &rows, &c.labels, -100, true, t, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) }).unwrap();
+                    let (mut lp, mut lse, mut ent, mut cor) =
+                        (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                    forward_with(
+                        code,
+                        &rows,
+                        &c.labels,
+                        -100,
+                        true,
+                        t,
+                        ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: Some((&mut ent, &mut cor)) },
+                    )
+                    .unwrap();
                     let upstream: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
                     let mut grad = vec![f32::NAN; 2 * 4 * vocab];
                     backward_with(code, &rows, &c.labels, -100, true, t, &upstream, &lse, &mut grad).unwrap();
@@ -969,10 +1115,22 @@ mod tests {
                                 assert_eq!(lp[b * 3 + p], 0.0);
                                 continue;
                             }
-                            let (want, want_grad) = naive_transformed(&wide[start..start + vocab], label as usize, t, upstream[b * 3 + p] as f64);
-                            assert!((lp[b * 3 + p] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()), "{code:?} {t:?}: {} vs {want}", lp[b * 3 + p]);
+                            let (want, want_grad) = naive_transformed(
+                                &wide[start..start + vocab],
+                                label as usize,
+                                t,
+                                upstream[b * 3 + p] as f64,
+                            );
+                            assert!(
+                                (lp[b * 3 + p] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()),
+                                "{code:?} {t:?}: {} vs {want}",
+                                lp[b * 3 + p]
+                            );
                             for (j, (&got, want)) in g.iter().zip(&want_grad).enumerate() {
-                                assert!((got as f64 - want).abs() < 2e-5 * (1.0 + upstream[b * 3 + p] as f64), "{code:?} {t:?} [{j}]: {got} vs {want}");
+                                assert!(
+                                    (got as f64 - want).abs() < 2e-5 * (1.0 + upstream[b * 3 + p] as f64),
+                                    "{code:?} {t:?} [{j}]: {got} vs {want}"
+                                );
                             }
                         }
                     }
@@ -1002,7 +1160,8 @@ mod tests {
         let rows = LogitsRows::contiguous(&row, [1, 1, 4]).unwrap();
         let (mut lp, mut lse) = (vec![0f32; 1], vec![0f32; 1]);
         let bad = LogitTransform::Softcap { scale: 1.0, cap: -1.0 };
-        let err = forward(&rows, &[0], -100, false, bad, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
+        let err = forward(&rows, &[0], -100, false, bad, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None })
+            .unwrap_err();
         assert!(matches!(err, KernelError::BadTransform(_)), "{err:?}");
     }
 
@@ -1013,12 +1172,36 @@ mod tests {
         let rows = LogitsRows::contiguous(&data, [2, 3, 4]).unwrap();
         let (mut lp, mut lse) = (vec![0f32; 4], vec![0f32; 4]);
         let labels = vec![0i64, 1, 4, 0, 0, 0];
-        let err = forward(&rows, &labels, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).unwrap_err();
+        let err = forward(
+            &rows,
+            &labels,
+            -100,
+            true,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None },
+        )
+        .unwrap_err();
         assert_eq!(err, KernelError::LabelOutOfRange { batch: 0, position: 2, value: 4, vocab: 4 });
         let short = vec![0i64; 5];
-        assert!(forward(&rows, &short, -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }).is_err());
+        assert!(forward(
+            &rows,
+            &short,
+            -100,
+            true,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp, lse: &mut lse, stats: None }
+        )
+        .is_err());
         let one_position = LogitsRows::contiguous(&data[..8], [2, 1, 4]).unwrap();
         let (mut lp0, mut lse0) = (vec![0f32; 0], vec![0f32; 0]);
-        assert!(forward(&one_position, &[0, 0], -100, true, LogitTransform::Identity, ForwardOutputs { logps: &mut lp0, lse: &mut lse0, stats: None }).is_err());
+        assert!(forward(
+            &one_position,
+            &[0, 0],
+            -100,
+            true,
+            LogitTransform::Identity,
+            ForwardOutputs { logps: &mut lp0, lse: &mut lse0, stats: None }
+        )
+        .is_err());
     }
 }

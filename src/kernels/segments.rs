@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn bad_position_ids_and_labels_are_named() {
-        assert_eq!(packed_segments(&[1, 2], &[I, I], 2, I, true, false).unwrap_err(), SegmentError::RowStart { row: 0, value: 1 });
+        assert_eq!(
+            packed_segments(&[1, 2], &[I, I], 2, I, true, false).unwrap_err(),
+            SegmentError::RowStart { row: 0, value: 1 }
+        );
         assert_eq!(
             packed_segments(&[0, 1, 3], &[I, I, I], 3, I, true, false).unwrap_err(),
             SegmentError::NotConsecutive { row: 0, col: 2, previous: 1, value: 3 }

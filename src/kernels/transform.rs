@@ -29,7 +29,9 @@ impl LogitTransform {
             LogitTransform::Identity => Ok(self),
             LogitTransform::Scale(s) if s.is_finite() => Ok(self),
             LogitTransform::Scale(s) => Err(format!("logit_scale must be a finite number, got {s}")),
-            LogitTransform::Softcap { scale, .. } if !scale.is_finite() => Err(format!("logit_scale must be a finite number, got {scale}")),
+            LogitTransform::Softcap { scale, .. } if !scale.is_finite() => {
+                Err(format!("logit_scale must be a finite number, got {scale}"))
+            }
             LogitTransform::Softcap { cap, .. } if !(cap.is_finite() && cap > 0.0) => {
                 Err(format!("logit_softcap must be a positive finite number, got {cap}"))
             }
@@ -41,7 +43,7 @@ impl LogitTransform {
     pub fn from_parts(scale: Option<f64>, softcap: Option<f64>) -> Result<Self, String> {
         let t = match (scale, softcap) {
             (None, None) => LogitTransform::Identity,
-            (Some(s), None) if s == 1.0 => LogitTransform::Identity,
+            (Some(1.0), None) => LogitTransform::Identity,
             (Some(s), None) => LogitTransform::Scale(s),
             (s, Some(cap)) => LogitTransform::Softcap { scale: s.unwrap_or(1.0), cap },
         };
