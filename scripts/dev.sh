@@ -64,7 +64,7 @@ case "$cmd" in
     train) setup; simper-rs train "$@" ;;
     test)
         setup
-        cargo test --release --quiet
+        cargo test --release --quiet --workspace
         # The type stubs must match the extension (pyo3 signatures, defaults, __all__).
         python -m mypy.stubtest simper_rs._core
         python -m pytest -q "$@"

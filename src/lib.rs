@@ -1,9 +1,10 @@
 //! `simper_rs._core`: the Rust extension behind the `simper_rs` Python package.
 //!
 //! This file only registers functions; the work lives in three layers:
-//! - pure Rust, no torch and no Python, covered by `cargo test`: `kernels/` (the fused log-prob
-//!   kernel on slices, fast exp, packed-row segments) and `losses.rs` (the loss formulas, one
-//!   source of truth for tensors and plain numbers);
+//! - pure Rust, no torch and no Python: the `simper_rs_core` crate (crates/core: the fused
+//!   log-prob kernels on slices, the logit transforms, fast exp and tanh, packed-row segments,
+//!   and the loss formulas, one source of truth for tensors and plain numbers); `losses.rs` here
+//!   runs those formulas on tensors;
 //! - device code: `cuda/` (the CUDA kernel's source, its NVRTC compilation, its launch through
 //!   the driver API);
 //! - `bindings/`: what Python calls, on `torch.Tensor` and numpy arguments: validation, GIL
@@ -15,7 +16,6 @@ use pyo3::prelude::*;
 pub mod bindings;
 pub mod cuda;
 pub mod error;
-pub mod kernels;
 pub mod losses;
 pub mod threads;
 
@@ -26,6 +26,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The torch release whose libtorch this extension was compiled against (set by build.rs).
     m.add("TORCH_VERSION", env!("SIMPER_RS_TORCH_VERSION"))?;
+    // The DIL estimators' names: the one list (simper_rs.ESTIMATORS is this).
+    m.add("ESTIMATORS", simper_rs_core::losses::Estimator::ALL.map(|e| e.name()).to_vec())?;
+    m.add_function(wrap_pyfunction!(torch::check_dil_options, m)?)?;
     m.add_function(wrap_pyfunction!(torch::check_logps_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(torch::token_logps_torch, m)?)?;
     m.add_function(wrap_pyfunction!(torch::reduce_sequence_logps, m)?)?;

@@ -8,13 +8,9 @@
 use half::bf16;
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../src/kernels/mod.rs"]
-mod kernels;
-
-use kernels::element::{Accum, Logit};
-use kernels::logps::{backward, backward_in_place, forward, reduce_sequences, ForwardOutputs, LogitsRows};
-use kernels::transform::LogitTransform;
+use simper_rs_core::kernels::element::{Accum, Logit};
+use simper_rs_core::kernels::logps::{backward, backward_in_place, forward, reduce_sequences, ForwardOutputs, LogitsRows};
+use simper_rs_core::kernels::transform::LogitTransform;
 
 struct Bytes<'a>(&'a [u8]);
 

@@ -8,6 +8,8 @@ import torch
 __all__ = [
     "__version__",
     "TORCH_VERSION",
+    "ESTIMATORS",
+    "check_dil_options",
     "check_logps_inputs",
     "token_logps_torch",
     "reduce_sequence_logps",
@@ -39,6 +41,9 @@ __all__ = [
 
 __version__: str
 TORCH_VERSION: str
+ESTIMATORS: List[str]
+
+def check_dil_options(estimator: str, beta: float) -> None: ...
 
 def check_logps_inputs(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False

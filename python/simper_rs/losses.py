@@ -26,9 +26,21 @@ from .fused_loss import fused_pair_loss
 from .head import head_sequence_logps_with_stats
 from .ops import LogitTransform, check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
 
-__all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS"]
+__all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS", "check_dil_options"]
 
-ESTIMATORS = ("lsif", "bce", "ukl", "cpc")
+#: The DIL estimators' names (defined once, in the Rust core).
+ESTIMATORS = tuple(_core.ESTIMATORS)
+
+
+def check_dil_options(estimator, beta) -> None:
+    """Check DIL's options as every DIL entry point does (the rule lives in the Rust core):
+    ``estimator`` one of :data:`ESTIMATORS`, ``beta`` a positive finite number; ``ValueError``
+    or ``TypeError`` naming the argument otherwise."""
+    if not isinstance(estimator, str):
+        raise TypeError(f"estimator must be a string, one of {list(ESTIMATORS)}, got {type(estimator).__name__}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"beta must be a number, got {type(beta).__name__}")
+    _core.check_dil_options(estimator, float(beta))
 
 
 @torch.compiler.disable  # a libtorch call made from Rust: opaque to torch.compile
@@ -270,10 +282,7 @@ class DILLoss(_PreferenceLoss):
         return_stats: bool = True,
     ) -> None:
         super().__init__(ignore_index=ignore_index, shift=shift, backend=backend, return_stats=return_stats)
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
-        if not (isinstance(beta, (int, float)) and beta > 0 and beta != float("inf")):
-            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        check_dil_options(estimator, beta)
         self.estimator = estimator
         self.beta = float(beta)
 

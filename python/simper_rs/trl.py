@@ -38,7 +38,7 @@ import torch
 from . import _core
 from .data import pack_rows
 from .integrations.causal_lm import add_logps_forward
-from .losses import ESTIMATORS, DILLoss, SimPERLoss
+from .losses import DILLoss, SimPERLoss, check_dil_options
 from .ops import reduce_with_stats
 from .trainer import router_loss
 
@@ -189,10 +189,10 @@ class DILConfig(_LogpsOptions, DPOConfig):
     reference_free: bool = field(default=True, metadata={"help": "Train without a reference model (ℓ_ref = 0)."})
 
     def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"DILConfig: estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}")
-        if not (isinstance(self.beta, (int, float)) and 0 < self.beta < float("inf")):
-            raise ValueError(f"DILConfig: beta must be a positive finite number, got {self.beta!r}")
+        try:
+            check_dil_options(self.estimator, self.beta)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"DILConfig: {err}") from None
         if self.estimator != "cpc" and self.beta != 1.0:
             raise ValueError(f"DILConfig: beta={self.beta!r} is used by estimator='cpc' only, not {self.estimator!r}")
         _refuse_set_fields(self, _DPO_LOSS_FIELDS, "DIL uses its own loss (estimator=...)")

@@ -9,9 +9,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::bindings::torch::{accumulation_kind, dtype_name};
 use crate::error::{Error, Result};
-use crate::kernels::element::Logit;
-use crate::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
-use crate::kernels::transform::LogitTransform;
+use simper_rs_core::kernels::element::Logit;
+use simper_rs_core::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
+use simper_rs_core::kernels::transform::LogitTransform;
 use crate::threads;
 
 impl From<KernelError> for Error {
@@ -237,7 +237,7 @@ pub(crate) fn backward_in_place(
 /// The instruction set the CPU kernels' row code runs with on this machine.
 #[pyfunction]
 pub fn cpu_kernel_path() -> &'static str {
-    crate::kernels::logps::row_code_path()
+    simper_rs_core::kernels::logps::row_code_path()
 }
 
 /// Number of threads the CPU kernels use: `SIMPER_RS_NUM_THREADS`, else `torch.get_num_threads()`.

@@ -14,7 +14,7 @@ use crate::bindings::fused_cpu::{rows_view, ForwardTensors};
 use crate::bindings::torch::dtype_name;
 use crate::cuda::launch::{kernels, ElementKind, Kernel, Rows, Transform};
 use crate::error::{Error, Result};
-use crate::kernels::transform::LogitTransform;
+use simper_rs_core::kernels::transform::LogitTransform;
 
 fn cuda_ordinal(name: &str, tensor: &Tensor) -> Result<i32> {
     match tensor.device() {

@@ -18,7 +18,7 @@ use crate::bindings::torch::{
 };
 use crate::bindings::{fused_cpu, fused_cuda};
 use crate::error::{Error, Result};
-use crate::kernels::transform::LogitTransform;
+use simper_rs_core::kernels::transform::LogitTransform;
 
 /// Bytes of one chunk's logits that the automatic chunk size never exceeds. One such buffer is
 /// alive at a time: the backward overwrites the chunk's logits with their gradient (on CPU).

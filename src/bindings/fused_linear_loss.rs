@@ -22,9 +22,10 @@ use crate::bindings::fused_linear::{
     check_linear_inputs, chunk_row_grads, chunk_rows, chunk_softmax, cuda_kernel_stream, labelled_rows, ChunkedLogits,
     PositionOutputs, Projection, ProjectionGrads,
 };
-use crate::bindings::torch::{accumulation_kind, check_beta, dtype_name, is_float, packed_sequences, shifted_labels};
+use crate::bindings::torch::{accumulation_kind, dtype_name, is_float, packed_sequences, shifted_labels};
 use crate::error::{Error, Result};
-use crate::losses::{self, Estimator, Reduction};
+use crate::losses::{self, check_beta, Tensors};
+use simper_rs_core::losses::{Estimator, Reduction};
 
 /// The pair loss whose gradient the chunks take, reduced by the mean over pairs.
 #[derive(Clone, Copy)]
@@ -39,7 +40,7 @@ impl PairLoss {
             "simper" => Ok(Self::Simper),
             "dil" => {
                 check_beta(beta)?;
-                Ok(Self::Dil { estimator: Estimator::parse(estimator)?, beta })
+                Ok(Self::Dil { estimator: losses::estimator(estimator)?, beta })
             }
             other => Err(Error::value(format!("loss must be one of ['simper', 'dil'], got '{other}'"))),
         }
@@ -52,13 +53,14 @@ impl PairLoss {
 
     /// (∂L/∂ℓ_w, ∂L/∂ℓ_l) per pair, float64; `refs` are the reference log-probs of the same pairs.
     fn grads(self, chosen: &Tensor, rejected: &Tensor, refs: Option<(&Tensor, &Tensor)>) -> (Tensor, Tensor) {
-        match self {
-            Self::Simper => losses::simper_grads(chosen, rejected),
+        let (w, l) = match self {
+            Self::Simper => losses::simper_grads(&Tensors::of(chosen), &Tensors::of(rejected)),
             Self::Dil { estimator, beta } => match refs {
-                Some((rc, rr)) => losses::dil_grads(estimator, beta, &(chosen - rc), &(rejected - rr)),
-                None => losses::dil_grads(estimator, beta, chosen, rejected),
+                Some((rc, rr)) => losses::dil_grads(estimator, beta, &Tensors(chosen - rc), &Tensors(rejected - rr)),
+                None => losses::dil_grads(estimator, beta, &Tensors::of(chosen), &Tensors::of(rejected)),
             },
-        }
+        };
+        (w.0, l.0)
     }
 }
 

@@ -9,10 +9,11 @@ use numpy::{
 use pyo3::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::element::{Accum, Logit};
-use crate::kernels::logps::{self, ForwardOutputs, LogitsRows};
-use crate::kernels::transform::LogitTransform;
-use crate::losses::{self, Estimator, Reduction};
+use crate::losses::{self, check_beta};
+use simper_rs_core::kernels::element::{Accum, Logit};
+use simper_rs_core::kernels::logps::{self, ForwardOutputs, LogitsRows};
+use simper_rs_core::kernels::transform::LogitTransform;
+use simper_rs_core::losses::Reduction;
 use crate::threads;
 
 /// Logits as a [`LogitsRows`] view of the array's memory, or of a contiguous copy when the
@@ -240,7 +241,7 @@ pub fn numpy_simper_loss<'py>(
     rejected_logps: PyReadonlyArray1<'py, f64>,
     reduction: &str,
 ) -> PyResult<LossAndGrads<'py>> {
-    let reduction = Reduction::parse(reduction)?;
+    let reduction = losses::reduction(reduction)?;
     let (c, r, ..) = pair_arrays(&chosen_logps, &rejected_logps, None)?;
     let per_pair = c.iter().zip(&r).map(|(w, l)| losses::simper(w, l)).collect();
     let grads = c.iter().zip(&r).map(|(w, l)| losses::simper_grads(w, l)).unzip();
@@ -261,9 +262,9 @@ pub fn numpy_dil_loss<'py>(
     beta: f64,
     reduction: &str,
 ) -> PyResult<LossAndGrads<'py>> {
-    let estimator = Estimator::parse(estimator)?;
-    let reduction = Reduction::parse(reduction)?;
-    crate::bindings::torch::check_beta(beta)?;
+    let estimator = losses::estimator(estimator)?;
+    let reduction = losses::reduction(reduction)?;
+    check_beta(beta)?;
     let refs = match (&ref_chosen_logps, &ref_rejected_logps) {
         (None, None) => None,
         (Some(a), Some(b)) => Some((a, b)),

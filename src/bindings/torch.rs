@@ -9,8 +9,9 @@ use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::kernels::transform::LogitTransform;
-use crate::losses::{self, Estimator, Reduction};
+use simper_rs_core::kernels::transform::LogitTransform;
+use crate::losses::{self, check_beta, Tensors};
+use simper_rs_core::losses::Reduction;
 
 pub(crate) fn dtype_name(kind: Kind) -> &'static str {
     match kind {
@@ -322,7 +323,7 @@ pub(crate) fn packed_sequences(
             .map_err(|e| Error::runtime(e.to_string()))
     };
     let cols = labels.size().get(1).copied().unwrap_or(0) as usize;
-    let segments = crate::kernels::segments::packed_segments(
+    let segments = simper_rs_core::kernels::segments::packed_segments(
         &host(position_ids)?,
         &host(labels)?,
         cols,
@@ -474,12 +475,21 @@ pub fn simper_loss(
     rejected_logps: PyTensor,
     reduction: &str,
 ) -> PyResult<PyTensor> {
-    let reduction = Reduction::parse(reduction)?;
+    let reduction = losses::reduction(reduction)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p = pair_inputs(&chosen_logps, &rejected_logps, None, None)?;
-        Ok(reduce(losses::simper(&p.chosen, &p.rejected), reduction).to_kind(p.out_kind))
+        Ok(reduce(losses::simper(&Tensors::of(&p.chosen), &Tensors::of(&p.rejected)).0, reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))
+}
+
+/// Check DIL's options as every DIL entry point does: `estimator` one of the names of
+/// `ESTIMATORS`, `beta` a positive finite number; raises `ValueError` naming the argument.
+#[pyfunction]
+pub fn check_dil_options(estimator: &str, beta: f64) -> PyResult<()> {
+    losses::estimator(estimator)?;
+    check_beta(beta)?;
+    Ok(())
 }
 
 /// DIL loss from per-sequence average log-probs, optionally against a reference model.
@@ -496,22 +506,16 @@ pub fn dil_loss(
     beta: f64,
     reduction: &str,
 ) -> PyResult<PyTensor> {
-    let estimator = Estimator::parse(estimator)?;
-    let reduction = Reduction::parse(reduction)?;
+    let estimator = losses::estimator(estimator)?;
+    let reduction = losses::reduction(reduction)?;
     check_beta(beta)?;
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p =
             pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
-        Ok(reduce(losses::dil(estimator, beta, &p.chosen, &p.u_chosen, &p.u_rejected), reduction).to_kind(p.out_kind))
+        let (chosen, u_chosen, u_rejected) = (Tensors::of(&p.chosen), Tensors::of(&p.u_chosen), Tensors::of(&p.u_rejected));
+        Ok(reduce(losses::dil(estimator, beta, &chosen, &u_chosen, &u_rejected).0, reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))
-}
-
-pub(crate) fn check_beta(beta: f64) -> Result<()> {
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(Error::value(format!("beta must be a positive finite number, got {beta}")));
-    }
-    Ok(())
 }
 
 /// The TRL-named metrics of SPEC §3, as detached Python floats.

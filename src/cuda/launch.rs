@@ -218,9 +218,9 @@ pub struct Transform {
     pub inv_c: f32,
 }
 
-impl From<crate::kernels::transform::LogitTransform> for Transform {
-    fn from(t: crate::kernels::transform::LogitTransform) -> Self {
-        use crate::kernels::transform::LogitTransform;
+impl From<simper_rs_core::kernels::transform::LogitTransform> for Transform {
+    fn from(t: simper_rs_core::kernels::transform::LogitTransform) -> Self {
+        use simper_rs_core::kernels::transform::LogitTransform;
         match t {
             LogitTransform::Identity => Transform { kind: 0, a: 1.0, c: 1.0, inv_c: 1.0 },
             LogitTransform::Scale(s) => Transform { kind: 1, a: s as f32, c: 1.0, inv_c: 1.0 },
