@@ -18,7 +18,18 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from .common import CommandError, bf16_supported, device_name, world
 
-__all__ = ["SimperRsArguments", "TOY_RECIPE", "PAPER_RECIPE", "parse_train_arguments", "training_arguments", "prompt_length_for", "describe_recipe"]
+__all__ = [
+    "SimperRsArguments",
+    "TOY_RECIPE",
+    "PAPER_RECIPE",
+    "PAPER_MAX_LENGTH",
+    "PAPER_MAX_PROMPT_LENGTH",
+    "parse_train_arguments",
+    "training_arguments",
+    "prompt_length_for",
+    "check_lengths",
+    "describe_recipe",
+]
 
 
 def _field(default, help: str, **argparse_kwargs):
@@ -324,6 +335,10 @@ def training_arguments(ta: dict, steps_per_epoch: int):
     from transformers import TrainingArguments
 
     ta = dict(ta)
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if 0 < ta["warmup_steps"] < 1 and "warmup_ratio" in names:
+        # transformers 4 takes a fraction of the steps as warmup_ratio (5 folded it into warmup_steps).
+        ta["warmup_ratio"], ta["warmup_steps"] = ta["warmup_steps"], 0
     if ta["logging_steps"] is None:
         ta["logging_steps"] = max(1, steps_per_epoch // 20)
     if ta["eval_steps"] is None:
