@@ -123,3 +123,184 @@ def test_conversations_use_the_chat_template(tokenizer):
         tokenizer.chat_template = None
     response = [t for t in batch["labels"][0].tolist() if t != -100]
     assert tokenizer.convert_ids_to_tokens(response) == ["a", "b", "<eos>"]
+
+
+# -- every kind of source a user keeps preference data in (issue 24)
+
+CONVERSATIONS = [
+    {
+        "prompt": [{"role": "user", "content": "sort : b a ="}],
+        "chosen": [{"role": "assistant", "content": "a b"}],
+        "rejected": [{"role": "assistant", "content": "b a"}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "sort : c a b ="}],
+        "chosen": [{"role": "assistant", "content": "a b c"}],
+        "rejected": [{"role": "assistant", "content": "a c b"}],
+    },
+]
+
+
+def _write(kind, records, folder):
+    """``records`` saved as a user would keep them; returns the source to pass and the split to read."""
+    import datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "jsonl":
+        (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder / "p.jsonl", None
+    if kind == "json":
+        (folder / "p.json").write_text(json.dumps(records))
+        return folder / "p.json", None
+    if kind == "json lines in .json":
+        (folder / "p.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder / "p.json", None
+    if kind == "csv":
+        import csv
+
+        with open(folder / "p.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+        return folder / "p.csv", None
+    if kind == "parquet":
+        datasets.Dataset.from_list(records).to_parquet(str(folder / "p.parquet"))
+        return folder / "p.parquet", None
+    if kind == "save_to_disk Dataset":
+        datasets.Dataset.from_list(records).save_to_disk(str(folder / "saved"))
+        return folder / "saved", None
+    if kind == "save_to_disk DatasetDict":
+        other = [dict(r, prompt=r["prompt"] + " again") if isinstance(r["prompt"], str) else r for r in records]
+        datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(other), "test_prefs": datasets.Dataset.from_list(records)}).save_to_disk(str(folder / "saved"))
+        return folder / "saved", "test_prefs"
+    if kind == "dataset folder":  # data files by split, as a clone of a hub dataset repository holds them
+        (folder / "repo" / "data").mkdir(parents=True)
+        datasets.Dataset.from_list(records).to_parquet(str(folder / "repo" / "data" / "test-00000-of-00001.parquet"))
+        datasets.Dataset.from_list(records[:1]).to_parquet(str(folder / "repo" / "data" / "train-00000-of-00001.parquet"))
+        return folder / "repo", "test"
+    if kind == "Dataset":
+        return datasets.Dataset.from_list(records), None
+    raise AssertionError(kind)
+
+
+KINDS = ["jsonl", "json", "json lines in .json", "csv", "parquet", "save_to_disk Dataset", "save_to_disk DatasetDict", "dataset folder", "Dataset"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_source_reads_the_same_records(tmp_path, kind):
+    pytest.importorskip("datasets")
+    source, split = _write(kind, RECORDS, tmp_path)
+    assert load_preference_data(source, split=split) == RECORDS
+    if kind not in ("csv", "json lines in .json"):
+        source, split = _write(kind, CONVERSATIONS, tmp_path / "chat")
+        assert load_preference_data(source, split=split) == CONVERSATIONS
+
+
+def test_numbers_beside_the_records_survive_a_table(tmp_path):
+    pytest.importorskip("datasets")
+    records = [dict(r, ref_chosen_logps=-1.5, ref_rejected_logps=-2.5, score=3) for r in RECORDS]
+    source, _ = _write("parquet", records, tmp_path)
+    loaded = load_preference_data(source)
+    assert [r["ref_chosen_logps"] for r in loaded] == [-1.5, -1.5] and "score" not in loaded[0]
+
+
+def test_splits_by_name_and_the_default_split(tmp_path):
+    import datasets
+
+    from simper_rs.data import preference_splits
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": datasets.Dataset.from_list(RECORDS[:1])}).save_to_disk(str(folder))
+    assert sorted(preference_splits(folder)) == ["test", "train"]
+    assert load_preference_data(folder) == RECORDS  # the train split by default
+    assert load_preference_data(folder, split="test") == RECORDS[:1]
+    with pytest.raises(PreferenceDataError, match=r"has no split 'validation' \(its splits: train, test\)"):
+        load_preference_data(folder, split="validation")
+    two = tmp_path / "two"
+    datasets.DatasetDict({"a": datasets.Dataset.from_list(RECORDS), "b": datasets.Dataset.from_list(RECORDS)}).save_to_disk(str(two))
+    with pytest.raises(PreferenceDataError, match="has the splits a, b: choose one with split"):
+        load_preference_data(two)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "save_to_disk Dataset"])
+def test_a_missing_column_is_named(tmp_path, kind):
+    pytest.importorskip("datasets")
+    source, _ = _write(kind, [{"prompt": r["prompt"], "chosen": r["chosen"], "answer": r["rejected"]} for r in RECORDS], tmp_path)
+    with pytest.raises(PreferenceDataError, match=r"has no column 'rejected' \(its columns: prompt, chosen, answer\)") as err:
+        load_preference_data(source)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_an_empty_split_and_odd_files_are_named(tmp_path):
+    import datasets
+
+    empty = datasets.Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
+    with pytest.raises(PreferenceDataError, match=r"the records \(split 'test'\) is empty"):
+        load_preference_data(datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": empty}), split="test")
+    empty.to_parquet(str(tmp_path / "empty.parquet"))
+    with pytest.raises(PreferenceDataError, match="empty.parquet is empty"):
+        load_preference_data(tmp_path / "empty.parquet")
+    (tmp_path / "p.txt").write_text("prompt chosen rejected\n")
+    with pytest.raises(PreferenceDataError, match="unknown kind of file '.txt'"):
+        load_preference_data(tmp_path / "p.txt")
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(PreferenceDataError, match="broken.parquet: not a readable parquet file"):
+        load_preference_data(tmp_path / "broken.parquet")
+    with pytest.raises(FileNotFoundError, match="no such preference data file"):
+        load_preference_data(tmp_path / "missing.parquet")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(PreferenceDataError, match="nothing: cannot read this folder as a dataset"):
+        load_preference_data(tmp_path / "nothing")
+
+
+# -- TRL's implicit-prompt formats, against TRL's own prompt extraction
+
+IMPLICIT = [
+    # text: the prompt is the shared start, the space before the answers stays with them
+    {"chosen": "Human: sort b a Assistant: a b", "rejected": "Human: sort b a Assistant: b a"},
+    # conversational: the shared messages
+    {
+        "chosen": [{"role": "user", "content": "sort : b a ="}, {"role": "assistant", "content": "a b"}],
+        "rejected": [{"role": "user", "content": "sort : b a ="}, {"role": "assistant", "content": "b a"}],
+    },
+    # UltraFeedback: a plain-text copy of the prompt beside conversations that hold it
+    {
+        "prompt": "sort : b a =",
+        "chosen": [{"role": "user", "content": "sort : b a ="}, {"role": "assistant", "content": "a b"}],
+        "rejected": [{"role": "user", "content": "sort : b a ="}, {"role": "assistant", "content": "b a"}],
+    },
+    # explicit prompts are kept as they are
+    {"prompt": "sort : b a =", "chosen": "a b", "rejected": "b a"},
+    CONVERSATIONS[0],
+]
+
+
+@pytest.mark.parametrize("record", IMPLICIT)
+def test_implicit_prompts_are_split_off_as_trl_does(record):
+    trl_data_utils = pytest.importorskip("trl.data_utils")
+    from simper_rs.data import check_record
+
+    expected = trl_data_utils.maybe_extract_prompt(dict(record))
+    got = check_record(0, dict(record))
+    assert {k: got[k] for k in ("prompt", "chosen", "rejected")} == {k: expected[k] for k in ("prompt", "chosen", "rejected")}
+
+
+def test_implicit_prompt_that_cannot_be_found_is_named():
+    conv = {"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(PreferenceDataError, match="record 1: field 'prompt' is missing, and 'chosen' and 'rejected' share no first message"):
+        load_preference_data([RECORDS[0], conv])
+    with pytest.raises(PreferenceDataError, match="record 0: field 'chosen' is an empty response"):
+        load_preference_data([{"chosen": "same", "rejected": "same"}])
+
+
+def test_chat_template_that_writes_bos_and_eos_gets_them_once(tokenizer):
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
+    )
+    try:
+        collator = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)
+        chosen_ids, chosen_labels, _, _ = collator.encode_record(CONVERSATIONS[0])
+    finally:
+        tokenizer.chat_template = None
+    assert tokenizer.convert_ids_to_tokens(chosen_ids) == ["<bos>", "sort", ":", "b", "a", "=", "a", "b", "<eos>"]
+    assert tokenizer.convert_ids_to_tokens([y for y in chosen_labels if y != -100]) == ["a", "b", "<eos>"]
