@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
+from ..losses import ESTIMATORS
 from .common import CommandError, bf16_supported, device_name, world
 
 __all__ = [
@@ -42,7 +43,7 @@ class SimperRsArguments:
     """The options of ``simper-rs train`` beyond transformers' ``TrainingArguments``."""
 
     loss: Literal["simper", "dil"] = _field("simper", "preference loss")
-    estimator: Literal["lsif", "bce", "ukl", "cpc"] = _field("lsif", "DIL estimator (cpc is DPO-style)")
+    estimator: str = _field("lsif", "DIL estimator (cpc is DPO-style)", choices=list(ESTIMATORS))
     beta: float = _field(1.0, "beta of the cpc estimator")
     model: Optional[str] = _field(
         None, "a local HuggingFace causal-LM folder (loaded in float32); None: a tiny Llama built offline, with the toy recipe"
@@ -69,6 +70,10 @@ class SimperRsArguments:
         "else 1800/2048 of it (the paper's 1800 of 2048)"
     )
     fused_linear: bool = _field(False, "compute the loss from hidden states, never materialising logits")
+    router_aux_loss_coef: Optional[float] = _field(
+        None, "Mixture-of-Experts models: the weight of the router load-balancing loss added to the loss, as TRL adds it "
+        "(logged as aux_loss); None: the model config's router_aux_loss_coef; 0.0 turns it off"
+    )
     padding_free: bool = _field(False, "pack each preference batch into one row without padding (same loss, no compute on padding)")
     max_tokens_per_row: Optional[int] = _field(None, "with --padding-free: pack into rows of at most this many tokens (default: one row)")
     sft_warmup_steps: Optional[int] = _field(

@@ -76,6 +76,7 @@ def _preference_train(model, tokenizer, collator, train, test, opts, ta: dict, m
         estimator=opts.estimator,
         beta=opts.beta,
         fused_linear=opts.fused_linear,
+        router_aux_loss_coef=opts.router_aux_loss_coef,
         data_collator=PreferenceCollator(
             tokenizer, collator.max_length, collator.max_prompt_length, padding_free=opts.padding_free, max_tokens_per_row=opts.max_tokens_per_row
         ),
