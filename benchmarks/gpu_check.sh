@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
     || { echo "simper_rs does not import: nothing else can run" >&2; exit 1; }
 
 echo "== the kernel's self-check on every GPU (simper-rs doctor), and what it costs"
-timeout 120 "$PY" -c "from simper_rs import doctor; raise SystemExit(doctor.run('cuda'))" 2>&1 | tee "$OUT/doctor.log" || status=1
+timeout 120 "$PY" -c "from simper_rs.cli import doctor; raise SystemExit(doctor.run('cuda'))" 2>&1 | tee "$OUT/doctor.log" || status=1
 timeout 60 "$PY" benchmarks/cuda_check.py --json "$OUT/cuda_check.json" 2>&1 | tee "$OUT/cuda_check.log" || status=1
 
 echo "== CUDA tests"

@@ -67,7 +67,7 @@ check("numpy sequence_logps", abs(snp.sequence_logps(logits.detach().numpy(), la
 from transformers import TrainingArguments  # noqa: E402
 
 from simper_rs.data import load_default_data  # noqa: E402
-from simper_rs.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from simper_rs.trainer import PreferenceTrainer  # noqa: E402
 
 data = load_default_data()

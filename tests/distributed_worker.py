@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from simper_rs.data import PreferenceCollator, load_default_data
-from simper_rs.tiny import build_tiny_model, build_tokenizer
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 from simper_rs.trainer import make_loss, preference_loss
 
 GLOBAL_PAIRS = 8

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from simper_rs.data import PreferenceCollator, load_default_data
 from simper_rs.integrations.causal_lm import add_logps_forward
 from simper_rs.ops import _reduce_sequence_logps
-from simper_rs.tiny import build_tiny_model, build_tokenizer
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 from simper_rs.trainer import make_loss, preference_loss
 from simper_rs import simper_loss
 

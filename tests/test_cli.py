@@ -142,7 +142,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% 
 def saved_model(tmp_path_factory):
     """A user's model: a tiny Llama and its tokenizer (with a chat template) saved with save_pretrained."""
     from simper_rs.data import load_default_data
-    from simper_rs.tiny import build_tiny_model, build_tokenizer
+    from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"] + data["test"])
@@ -494,7 +494,7 @@ _SHORT = ["--epochs", "0.25", "--sft-warmup-steps", "2", "--save-steps", "5", "-
 def test_checkpoints_are_rotated_resumed_and_checked_and_tensorboard_is_written(tmp_path, capsys):
     import shutil
 
-    from simper_rs.checkpoints import find_checkpoint
+    from simper_rs.integrations.checkpoints import find_checkpoint
     from simper_rs.cli import main
 
     out = simper_rs("train", *_SHORT, "--save-total-limit", "2", "--report-to", "tensorboard", "--output-dir", str(tmp_path))
@@ -569,7 +569,7 @@ def test_a_mixture_of_experts_model_trains_with_its_router_loss(tmp_path, coef):
     import transformers
 
     from simper_rs.data import load_default_data
-    from simper_rs.tiny import build_tokenizer
+    from simper_rs.cli.tiny import build_tokenizer
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"] + data["test"])

@@ -59,8 +59,8 @@ def check_against_reference(logits, labels, shift=True):
 
 def test_kernel_is_the_auto_backend(device):
     logits, labels = make(2, 9, 50, torch.bfloat16, device)
-    assert simper_rs.ops._resolve_backend("auto", logits) == "rust"
-    assert simper_rs.ops._resolve_backend("auto", logits.double()) == "torch"
+    assert simper_rs.ops.resolve_backend("auto", logits) == "rust"
+    assert simper_rs.ops.resolve_backend("auto", logits.double()) == "torch"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -269,7 +269,7 @@ def test_fallback_warns_once_and_matches(device, monkeypatch):
             second = simper_rs.token_logps(logits, labels)
         relevant = [w for w in caught if "fused CUDA kernel cannot run" in str(w.message)]
         assert len(relevant) == 1 and "SIMPER_RS_DISABLE_CUDA_KERNEL" in str(relevant[0].message)
-        assert simper_rs.ops._resolve_backend("auto", logits) == "torch"
+        assert simper_rs.ops.resolve_backend("auto", logits) == "torch"
         with pytest.raises(RuntimeError, match="backend='rust': the CUDA kernel cannot run"):
             simper_rs.token_logps(logits, labels, backend="rust")
         torch.testing.assert_close(first, ref.token_logps(logits, labels), rtol=1e-5, atol=2e-5)
@@ -335,8 +335,8 @@ def test_a_planted_fault_fails_on_the_gpu_and_auto_falls_back(device):
         assert simper_rs.ops.linear_cuda_stream(logits) is None
         with pytest.raises(RuntimeError, match="backend='rust': the fused CUDA kernel failed its self-check"):
             simper_rs.token_logps(logits, labels, backend="rust")
-        assert simper_rs.ops._resolve_backend("auto", logits.float()) == "rust"  # float32 passed
-    assert simper_rs.ops._resolve_backend("auto", logits) == "rust"  # the real kernel's verdict again
+        assert simper_rs.ops.resolve_backend("auto", logits.float()) == "rust"  # float32 passed
+    assert simper_rs.ops.resolve_backend("auto", logits) == "rust"  # the real kernel's verdict again
 
 
 def test_a_first_use_inside_graph_capture_is_refused_clearly(device):
@@ -348,4 +348,4 @@ def test_a_first_use_inside_graph_capture_is_refused_clearly(device):
         with pytest.raises(RuntimeError, match="cannot run during CUDA graph capture"):
             with torch.cuda.graph(graph, stream=side):
                 simper_rs.token_logps(logits, labels)
-        assert simper_rs.ops._resolve_backend("auto", logits) == "rust"  # outside the capture it runs and passes
+        assert simper_rs.ops.resolve_backend("auto", logits) == "rust"  # outside the capture it runs and passes

@@ -17,7 +17,8 @@ import torch
 
 import reference as ref
 import simper_rs
-from simper_rs import cuda_check, doctor, ops
+from simper_rs import cuda_check, ops
+from simper_rs.cli import doctor
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FAILED = "failed its self-check"
@@ -248,7 +249,7 @@ def test_a_wrong_kernel_warns_once_falls_back_and_the_loss_is_the_libtorch_path(
         assert len(warned) == 1, warned
         assert f"{FAILED} on cpu (cpu (simulated)) for bfloat16: contiguous rows, shifted, with statistics: forward: log-probs" in warned[0]
         assert "bfloat16 tensors on cpu use libtorch ops instead" in warned[0]
-        assert ops._resolve_backend("auto", logits) == "torch"
+        assert ops.resolve_backend("auto", logits) == "torch"
         # Exactly the libtorch path's values and gradients: no wrong value reached the loss.
         torch_leaf = logits.clone().requires_grad_(True)
         want = simper_rs.SimPERLoss(backend="torch")(torch_leaf, labels)
@@ -262,11 +263,11 @@ def test_a_wrong_kernel_warns_once_falls_back_and_the_loss_is_the_libtorch_path(
         assert warned[0].split("; bfloat16 tensors")[0].removeprefix("simper_rs: ") in str(raised.value)
         # Another dtype is its own decision: float32 passes (the kernel is wrong for bfloat16 only).
         _, warned32 = warnings_of(lambda: simper_rs.sequence_logps(logits.float(), labels))
-        assert warned32 == [] and ops._resolve_backend("auto", logits.float()) == "rust"
-        assert ops._resolve_backend("auto", logits.half()) == "rust"
+        assert warned32 == [] and ops.resolve_backend("auto", logits.float()) == "rust"
+        assert ops.resolve_backend("auto", logits.half()) == "rust"
     # Outside the seam the CPU is the CPU again.
     assert not cuda_check.is_simulated(torch.device("cpu"))
-    assert ops._resolve_backend("auto", logits) == "rust"
+    assert ops.resolve_backend("auto", logits) == "rust"
 
 
 def test_the_check_runs_once_per_device_and_dtype():
@@ -299,12 +300,12 @@ def test_the_check_can_be_switched_off(monkeypatch):
     with cuda_check.simulated_device_for_testing(kernel):
         _, warned = warnings_of(lambda: simper_rs.sequence_logps(logits, labels))
         assert warned == [] and kernel.calls["load"] == 0
-        assert ops._resolve_backend("auto", logits) == "rust"
+        assert ops.resolve_backend("auto", logits) == "rust"
         # An explicit request still runs it, and what it finds is used once the switch is back on.
         results = simper_rs.cuda_self_check("cpu", dtypes=[torch.bfloat16])
         assert [r.passed for r in results] == [False]
         monkeypatch.delenv(cuda_check.CHECK_ENV)
-        picked, warned = warnings_of(lambda: ops._resolve_backend("auto", logits))
+        picked, warned = warnings_of(lambda: ops.resolve_backend("auto", logits))
         assert picked == "torch" and len(warned) == 1
 
 
@@ -348,7 +349,7 @@ def test_concurrent_first_uses_run_one_check():
     logits, labels = batch(torch.float32)
     picked = []
     with cuda_check.simulated_device_for_testing(kernel):
-        threads = [threading.Thread(target=lambda: picked.append(ops._resolve_backend("auto", logits))) for _ in range(4)]
+        threads = [threading.Thread(target=lambda: picked.append(ops.resolve_backend("auto", logits))) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -362,7 +363,7 @@ def test_the_check_runs_the_same_under_no_grad_inference_mode_and_autocast():
         kernel = TorchKernel()
         with cuda_check.simulated_device_for_testing(kernel), context():
             _, warned = warnings_of(lambda: simper_rs.sequence_logps(logits, labels))
-            assert warned == [] and ops._resolve_backend("auto", logits) == "rust", context
+            assert warned == [] and ops.resolve_backend("auto", logits) == "rust", context
 
 
 # -- cuda_self_check() and simper-rs doctor

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from simper_rs.data import PreferenceCollator, PreferenceDataError, default_data_dir, load_default_data, load_preference_data
-from simper_rs.tiny import build_tokenizer
+from simper_rs.cli.tiny import build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = [

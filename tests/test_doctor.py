@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import simper_rs
-from simper_rs import doctor
+from simper_rs.cli import doctor
 
 
 def test_doctor_reports_this_installation(capsys):

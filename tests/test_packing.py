@@ -119,7 +119,7 @@ def test_odd_number_of_packed_sequences_is_refused():
 @pytest.fixture(scope="module")
 def tiny():
     transformers = pytest.importorskip("transformers")  # noqa: F841
-    from simper_rs.tiny import build_tiny_model, build_tokenizer
+    from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"])

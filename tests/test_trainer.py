@@ -6,7 +6,7 @@ transformers = pytest.importorskip("transformers")
 
 import simper_rs  # noqa: E402
 from simper_rs.data import PreferenceCollator, load_default_data  # noqa: E402
-from simper_rs.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from simper_rs.trainer import PreferenceTrainer, make_loss, preference_loss  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-import simper_rs.trl as strl  # noqa: E402
+import simper_rs.integrations.trl as strl  # noqa: E402  (the implementation, whose release switches the tests check)
 from simper_rs.data import load_default_data  # noqa: E402
-from simper_rs.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from simper_rs.trl import DILConfig, DILTrainer, SimPERConfig, SimPERTrainer  # noqa: E402
 
 CHAT_TEMPLATE = (

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from simper_rs.data import load_default_data  # noqa: E402
-from simper_rs.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from simper_rs.trl import SimPERConfig, SimPERTrainer  # noqa: E402
 
 GLOBAL_PAIRS = 8

@@ -15,7 +15,7 @@ import torch
 
 from fsdp_worker import GLOBAL_PAIRS, loss_of
 from simper_rs.data import PreferenceCollator, load_default_data
-from simper_rs.tiny import build_tiny_model, build_tokenizer
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 
 
 def main(path, out_path):

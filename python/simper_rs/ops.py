@@ -274,7 +274,10 @@ def _cuda_kernel_runs(tensor: torch.Tensor) -> bool:
     return cuda_check.kernel_trusted(tensor.device, tensor.dtype)
 
 
-def _resolve_backend(backend: str, logits: torch.Tensor) -> str:
+def resolve_backend(backend: str, logits: torch.Tensor) -> str:
+    """The backend (``"rust"`` or ``"torch"``) a log-prob function runs for ``logits`` when asked
+    for ``backend`` (``"auto"`` picks the fused kernel where it runs and has passed its
+    self-check); raises the error the function would raise for an unavailable choice."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if not isinstance(logits, torch.Tensor):
@@ -348,7 +351,7 @@ def token_logps_and_stats(logits, labels, ignore_index, shift, backend, with_sta
     """Per-token log-probs ``[B, T']`` and, with ``with_stats``, per-token (entropy, correct) of
     already validated logits (or None): the building block of the logits functions here."""
     scale, softcap = transform.constants()
-    if _resolve_backend(backend, logits) == "rust":
+    if resolve_backend(backend, logits) == "rust":
         logps, _, entropy, correct = _fused_token_logps(logits, labels, ignore_index, shift, with_stats, scale, softcap)
         return logps, (entropy, correct)
     logps = _token_logps_torch(logits, labels, ignore_index, shift, scale, softcap)
@@ -425,7 +428,7 @@ def sequence_logps_with_stats(
     """:func:`sequence_logps` plus, with ``return_stats``, two metrics over all response tokens
     of the batch, computed in the same pass: ``entropy`` (mean predictive entropy, nats) and
     ``mean_token_accuracy`` (fraction where argmax of the logits equals the label)."""
-    _resolve_backend(backend, logits)
+    resolve_backend(backend, logits)
     transform = _as_transform(logit_scale, logit_softcap)
     transform.constants()  # checked before any work
     packed = position_ids is not None

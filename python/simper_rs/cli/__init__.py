@@ -64,7 +64,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_doctor(args) -> int:
-    from .. import doctor
+    from . import doctor
 
     return doctor.run(args.device)
 

@@ -107,7 +107,7 @@ def load_model(model_path: Optional[Path], records: List[dict], seed: int):
     """(model, tokenizer, description): a local HuggingFace causal LM in float32 (the weights an
     optimizer updates; bf16 runs as mixed precision), or the tiny Llama built offline from the
     words of ``records``."""
-    from ..tiny import build_tiny_model, build_tokenizer
+    from .tiny import build_tiny_model, build_tokenizer
 
     if model_path is None:
         tokenizer = build_tokenizer(records)

@@ -65,7 +65,7 @@ def _metrics_callback(path: Path):
 def _preference_train(model, tokenizer, collator, train, test, opts, ta: dict, metrics_path: Path, before, resume: Optional[Path]):
     from transformers.trainer_callback import ProgressCallback
 
-    from ..checkpoints import ResumableTrainer
+    from ..integrations.checkpoints import ResumableTrainer
     from ..data import PreferenceCollator
 
     training_args = training_arguments(ta, math.ceil(len(train) / opts.batch_size))
@@ -124,7 +124,7 @@ def cmd_train(argv: List[str]) -> int:
 def _train(opts, ta: dict) -> int:
     import torch
 
-    from ..checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, checkpoints_by_step, find_checkpoint
+    from ..integrations.checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, checkpoints_by_step, find_checkpoint
     from ..data import PreferenceCollator
     from .loading import context_length, load_model, load_train_and_eval
     from .plots import plot_metrics

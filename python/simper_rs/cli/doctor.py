@@ -17,13 +17,13 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import _core, _cuda, cuda_check
+from .. import _core, _cuda, cuda_check
 
 Line = Tuple[str, str, bool]  # (topic, text, ok)
 
 
 def _cpu_lines() -> List[Line]:
-    from . import sequence_logps
+    from .. import sequence_logps
 
     threads = _core.kernel_threads()
     source = f"SIMPER_RS_NUM_THREADS={os.environ['SIMPER_RS_NUM_THREADS']}" if os.environ.get("SIMPER_RS_NUM_THREADS") else "torch.get_num_threads()"
@@ -105,13 +105,13 @@ def _self_check_lines() -> List[Line]:
 
 
 def _backend_lines() -> List[Line]:
-    from .ops import _resolve_backend
+    from ..ops import resolve_backend
 
-    lines: List[Line] = [("auto backend", f"cpu: {_resolve_backend('auto', torch.empty(0))} (the fused Rust kernel)", True)]
+    lines: List[Line] = [("auto backend", f"cpu: {resolve_backend('auto', torch.empty(0))} (the fused Rust kernel)", True)]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             probe = torch.empty(0, device=f"cuda:{index}", dtype=torch.bfloat16)
-            picked = _resolve_backend("auto", probe)
+            picked = resolve_backend("auto", probe)
             what = "the CUDA kernel" if picked == "rust" else "libtorch ops (slower fallback)"
             lines.append(("auto backend", f"cuda:{index}: {picked} ({what})", True))
     return lines
