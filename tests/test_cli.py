@@ -593,3 +593,20 @@ def test_a_mixture_of_experts_model_trains_with_its_router_loss(tmp_path, coef):
         assert all(row["aux_loss"] > 0 for row in logged)
     else:
         assert not any("aux_loss" in row for row in logged)
+
+
+def test_a_transformers_without_the_trainer_internals_resume_needs_is_a_clear_error(monkeypatch):
+    import transformers
+
+    from simper_rs.integrations import checkpoints
+
+    monkeypatch.delattr(transformers.Trainer, "_run_epoch")
+    with pytest.raises(checkpoints.CheckpointError, match=r"Trainer internals that transformers \S+ does not have \(_run_epoch\); it is tested with transformers 5.20 to 5.24"):
+        checkpoints.ResumableTrainer(model=None)
+    monkeypatch.undo()
+
+    class NoLoggingState:
+        pass
+
+    with pytest.raises(checkpoints.CheckpointError, match=r"\(_tr_loss, _total_loss_scalar, _globalstep_last_logged\)"):
+        checkpoints._logging_state(NoLoggingState())

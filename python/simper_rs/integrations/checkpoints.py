@@ -10,6 +10,11 @@ to log the same metrics as an uninterrupted one, and this module adds them:
   and are put back when training begins again.
 * atomicity: each checkpoint is written under ``<checkpoints>/.incomplete/`` and renamed into
   place once complete, so a run killed while saving leaves nothing that a resume would read.
+
+Both need the Trainer's internals (the names in ``TRAINER_INTERNALS``): transformers has no public
+hook for them. They are checked when a :class:`ResumableTrainer` is made, so a transformers
+release that renamed one is a clear error, not a resume that silently logs something else; the
+releases tested are those of ``TESTED_TRANSFORMERS`` (CI runs the resume tests on both ends).
 """
 from __future__ import annotations
 
@@ -26,10 +31,15 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .trainer import PreferenceTrainer
 
-__all__ = ["ResumableTrainer", "CheckpointError", "checkpoints_by_step", "find_checkpoint", "STAGING"]
+__all__ = ["ResumableTrainer", "CheckpointError", "checkpoints_by_step", "find_checkpoint", "STAGING", "TESTED_TRANSFORMERS"]
 
 STAGING = ".incomplete"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: The transformers releases the resume tests run on (the trl extra's floor and the pinned one).
+TESTED_TRANSFORMERS = ("5.20", "5.24")
+#: The Trainer's private methods this module overrides, and the attributes of its training loop
+#: it reads and restores (the logging state).
+TRAINER_METHODS = ("_run_epoch", "_save_checkpoint", "_load_from_checkpoint", "_load_optimizer_and_scheduler", "_load_rng_state")
+TRAINER_ATTRIBUTES = ("_tr_loss", "_total_loss_scalar", "_globalstep_last_logged")
 # What a checkpoint must hold to be resumed from (the model is model.safetensors or sharded).
 _REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
@@ -121,6 +131,35 @@ class _SaveLastStep(TrainerCallback):
         return control
 
 
+def _internals_error(missing) -> CheckpointError:
+    import transformers
+
+    return CheckpointError(
+        f"exact resume relies on transformers.Trainer internals that transformers {transformers.__version__} does not have "
+        f"({', '.join(missing)}); it is tested with transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}"
+    )
+
+
+def _check_trainer_internals() -> None:
+    from transformers import Trainer
+
+    missing = [name for name in TRAINER_METHODS if not callable(getattr(Trainer, name, None))]
+    if missing:
+        raise _internals_error(missing)
+
+
+def _logging_state(trainer) -> Dict[str, Any]:
+    """The training loop's logging state (set by the Trainer once training runs)."""
+    missing = [name for name in TRAINER_ATTRIBUTES if not hasattr(trainer, name)]
+    if missing:
+        raise _internals_error(missing)
+    return {
+        "tr_loss": float(trainer._tr_loss.item()),
+        "total_loss_scalar": trainer._total_loss_scalar,
+        "globalstep_last_logged": trainer._globalstep_last_logged,
+    }
+
+
 class ResumableTrainer(PreferenceTrainer):
     """:class:`PreferenceTrainer` whose checkpoints are atomic and resume with identical logs.
 
@@ -130,6 +169,7 @@ class ResumableTrainer(PreferenceTrainer):
     """
 
     def __init__(self, *args, extra_state: Optional[Dict[str, Any]] = None, **kwargs) -> None:
+        _check_trainer_internals()
         super().__init__(*args, **kwargs)
         self.extra_state = extra_state or {}
         self._resume_state: Optional[Dict[str, Any]] = None
@@ -192,9 +232,7 @@ class ResumableTrainer(PreferenceTrainer):
         finally:
             self.args.output_dir = str(final)
         state = {
-            "tr_loss": float(self._tr_loss.item()),
-            "total_loss_scalar": self._total_loss_scalar,
-            "globalstep_last_logged": self._globalstep_last_logged,
+            **_logging_state(self),
             "stored_metrics": {split: {k: list(v) for k, v in metrics.items()} for split, metrics in self._stored_metrics.items()},
             "extra": self.extra_state,
         }
