@@ -304,3 +304,20 @@ def test_chat_template_that_writes_bos_and_eos_gets_them_once(tokenizer):
         tokenizer.chat_template = None
     assert tokenizer.convert_ids_to_tokens(chosen_ids) == ["<bos>", "sort", ":", "b", "a", "=", "a", "b", "<eos>"]
     assert tokenizer.convert_ids_to_tokens([y for y in chosen_labels if y != -100]) == ["a", "b", "<eos>"]
+
+
+def test_both_collators_take_reference_log_probs_by_one_rule():
+    from simper_rs.data import PreferenceDataError, reference_logps
+    from simper_rs.integrations.trl import PackedPreferenceCollator
+
+    with_refs = [{"ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}, {"ref_chosen_logps": -0.5, "ref_rejected_logps": -3.0}]
+    got = reference_logps(with_refs)
+    assert got["ref_chosen_logps"].tolist() == [-1.0, -0.5] and got["ref_rejected_logps"].tolist() == [-2.0, -3.0]
+    assert reference_logps([{}, {}]) == {}
+    with pytest.raises(PreferenceDataError, match="record 1 of the batch has no ref_chosen_logps / ref_rejected_logps"):
+        reference_logps([with_refs[0], {"ref_chosen_logps": -1.0}])
+    tokenized = [dict(prompt_ids=[1, 2], chosen_ids=[3], rejected_ids=[4], **r) for r in with_refs]
+    packed = PackedPreferenceCollator()(tokenized)
+    assert packed["ref_chosen_logps"].tolist() == [-1.0, -0.5]
+    with pytest.raises(PreferenceDataError, match="record 0 of the batch"):
+        PackedPreferenceCollator()([dict(prompt_ids=[1], chosen_ids=[3], rejected_ids=[4]), tokenized[1]])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from .collator import PreferenceCollator, pack_rows
+from .collator import REFERENCE_FIELDS, PreferenceCollator, pack_rows, reference_logps
 from .records import FIELDS, PreferenceDataError, Record, check_record, extract_prompt, is_conversation
 from .sources import FILE_SUFFIXES, load_preference_data, preference_splits, records_from_rows, select_split
 
@@ -26,6 +26,8 @@ __all__ = [
     "check_record",
     "extract_prompt",
     "is_conversation",
+    "reference_logps",
+    "REFERENCE_FIELDS",
     "PreferenceCollator",
     "pack_rows",
     "default_data_dir",

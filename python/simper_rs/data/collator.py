@@ -5,9 +5,28 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .records import Record, check_record
+from .records import PreferenceDataError, Record, check_record
 
 __all__ = ["PreferenceCollator", "pack_rows"]
+
+
+REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def reference_logps(records) -> Dict[str, torch.Tensor]:
+    """The precomputed reference log-probs of a batch of records, ``[P]`` each (float32), or none:
+    every record carries ``ref_chosen_logps`` and ``ref_rejected_logps``, or none does (a batch
+    with some is a ``PreferenceDataError`` naming the first record without them)."""
+    present = [all(field in r for field in REFERENCE_FIELDS) for r in records]
+    if not any(present):
+        return {}
+    if not all(present):
+        missing = present.index(False)
+        raise PreferenceDataError(
+            f"record {missing} of the batch has no {' / '.join(REFERENCE_FIELDS)} while others have them: "
+            "give them for every record or for none"
+        )
+    return {field: torch.tensor([float(r[field]) for r in records]) for field in REFERENCE_FIELDS}
 
 
 def pack_rows(sequences, pad_token_id: int, max_tokens_per_row: Optional[int] = None, label_fill: int = -100) -> Dict[str, torch.Tensor]:
@@ -135,9 +154,7 @@ class PreferenceCollator:
             batch = self._packed(sequences, labels)
         else:
             batch = self._padded(sequences, labels)
-        for field in ("ref_chosen_logps", "ref_rejected_logps"):
-            if all(field in r for r in records):
-                batch[field] = torch.tensor([float(r[field]) for r in records])
+        batch.update(reference_logps(records))
         return batch
 
     def _packed(self, sequences: List[List[int]], labels: List[List[int]]) -> Dict[str, torch.Tensor]:

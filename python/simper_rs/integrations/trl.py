@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 
 from .. import _core
-from ..data import pack_rows
+from ..data import pack_rows, reference_logps
 from ..losses import DILLoss, SimPERLoss, check_dil_options
 from ..ops import reduce_with_stats
 from .causal_lm import add_logps_forward
@@ -257,9 +257,7 @@ class PackedPreferenceCollator:
             "position_ids": rows["position_ids"],
             "num_tokens": torch.tensor(sum(len(ids) for ids, _ in sequences)),  # the fill of shorter rows is no token
         }
-        for field_name in ("ref_chosen_logps", "ref_rejected_logps"):
-            if field_name in examples[0]:
-                batch[field_name] = torch.tensor([example[field_name] for example in examples])
+        batch.update(reference_logps(examples))
         return batch
 
 
