@@ -1,6 +1,6 @@
 """Independent plain-PyTorch references the tests compare simper_rs against.
 
-Written from SPEC §2-3 directly, with none of the package's code.
+Written from the conventions and formulas of docs/design.md directly, with none of the package's code.
 """
 import torch
 import torch.nn.functional as F

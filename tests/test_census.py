@@ -1,4 +1,4 @@
-"""The bad-input census (SPEC §6 and what users hit): one row per malformed input class.
+"""The bad-input census (docs/design.md, "Bad input", and what users hit): one row per malformed input class.
 
 Each row builds its inputs, calls a public function, and asserts the exception type and message
 (or, for inputs that are valid but unusual, the documented behaviour), and that no input tensor

@@ -67,7 +67,7 @@ def first_batch(trainer):
 
 
 def reference_average_logps(model, batch):
-    """Average completion log-probs from the model's plain logits (TRL's completion mask, SPEC §3)."""
+    """Average completion log-probs from the model's plain logits (TRL's completion mask, docs/design.md)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     return reference.sequence_logps(logits, labels)

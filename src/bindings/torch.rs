@@ -44,7 +44,7 @@ pub(crate) fn accumulation_kind(kind: Kind) -> Kind {
     }
 }
 
-/// The checks of SPEC §6 for a (logits, labels) pair, before any work is done.
+/// The bad-input checks (docs/design.md, "Bad input") for a (logits, labels) pair, before any work is done.
 ///
 /// Returns the number of positions per row that have a label after the shift.
 pub(crate) fn check_logits_labels(
@@ -518,7 +518,7 @@ pub fn dil_loss(
     Ok(PyTensor(out))
 }
 
-/// The TRL-named metrics of SPEC §3, as detached Python floats.
+/// The TRL-named metrics (docs/design.md, "Metrics"), as detached Python floats.
 #[pyfunction]
 #[pyo3(signature = (chosen_logps, rejected_logps, ref_chosen_logps = None, ref_rejected_logps = None))]
 pub fn preference_metrics<'py>(

@@ -1,4 +1,4 @@
-// Fused masked log-prob reduction on CUDA (SPEC §4), compiled at run time by NVRTC.
+// Fused masked log-prob reduction on CUDA (docs/design.md, "The fused op"), compiled at run time by NVRTC.
 //
 // One thread block per logits row (a position with a label). Every logit z is read as t(z), the
 // model's logit transform (identity, a scale a·z, or a softcap c·tanh(a·z); see Transform below

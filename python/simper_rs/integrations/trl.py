@@ -23,7 +23,7 @@ log-probs computed by this package.
 
 Metrics use TRL's names. ``logps/chosen`` and ``logps/rejected`` are the mean over pairs of the
 **average** log-probs (TRL's DPO logs sums); ``rewards/*`` are those averages, or the log-ratios
-u = ℓ_θ - ℓ_ref for DIL with a reference (SPEC §3); ``mean_token_accuracy`` is over the chosen
+u = ℓ_θ - ℓ_ref for DIL with a reference (docs/design.md, "Metrics"); ``mean_token_accuracy`` is over the chosen
 completions and ``entropy`` over all completions, as TRL computes them.
 """
 from __future__ import annotations

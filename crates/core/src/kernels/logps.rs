@@ -1,4 +1,4 @@
-//! The fused masked log-prob reduction of SPEC §4, on slices.
+//! The fused masked log-prob reduction (docs/design.md, "The fused op"), on slices.
 //!
 //! Forward, per row x (the logits that predict one label y, after the row's logit transform
 //! t, see [`super::transform`], which the identity compiles away): m = max x, s = Σ exp(x − m),
