@@ -18,6 +18,7 @@ builds in its own Cargo target folder (``target/torch-2.N``) unless ``CARGO_TARG
 torch-sys's compiled C++ is only valid for the torch headers it was compiled against.
 Before any Cargo command it makes the patched torch-sys that Cargo.toml points at (patches/apply.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -137,6 +138,7 @@ def _against_users_torch():
 
 # -- the wheel's metadata for one torch release
 
+
 def local_version(version: str, series: str) -> str:
     """'0.1.0' -> '0.1.0+torch2.15' (a local label already there is extended)."""
     return f"{version}.torch{series}" if "+" in version else f"{version}+torch{series}"
@@ -147,7 +149,7 @@ def retag_metadata(text: str, series: str) -> str:
     lines = []
     for line in text.split("\n"):
         if line.startswith("Version: "):
-            line = "Version: " + local_version(line[len("Version: "):].strip(), series)
+            line = "Version: " + local_version(line[len("Version: ") :].strip(), series)
         elif re.match(r"Requires-Dist: torch(\s|[<>=!~;(\[]|$)", line):
             marker = line.split(";", 1)[1] if ";" in line else None
             line = f"Requires-Dist: torch=={series}.*" + (f";{marker}" if marker else "")
@@ -165,7 +167,9 @@ def retag_wheel(wheel_directory: str, filename: str, series: str) -> str:
     path = os.path.join(wheel_directory, filename)
     with zipfile.ZipFile(path) as wheel:
         entries = [(info, wheel.read(info)) for info in wheel.infolist()]
-    metadata_name = next(info.filename for info, _ in entries if re.fullmatch(r"[^/]+\.dist-info/METADATA", info.filename))
+    metadata_name = next(
+        info.filename for info, _ in entries if re.fullmatch(r"[^/]+\.dist-info/METADATA", info.filename)
+    )
     old_info = metadata_name.split("/")[0]
     name, version = old_info[: -len(".dist-info")].rsplit("-", 1)
     new_version = local_version(version, series)
@@ -174,7 +178,7 @@ def retag_wheel(wheel_directory: str, filename: str, series: str) -> str:
     for info, data in entries:
         arcname = info.filename
         if arcname.startswith(old_info + "/"):
-            arcname = new_info + arcname[len(old_info):]
+            arcname = new_info + arcname[len(old_info) :]
         if arcname == f"{new_info}/RECORD":
             continue
         if arcname == f"{new_info}/METADATA":
@@ -209,6 +213,7 @@ def _retag_metadata_directory(metadata_directory: str, dist_info: str, series: s
 
 
 # -- PEP 517 / 660 hooks
+
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     with _against_users_torch() as series:

@@ -6,6 +6,7 @@ hyperparameters: the loss is -exp(ℓ_w) + exp(ℓ_l) on average log-probs.
 
     python examples/train_simper.py [--steps 200] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse

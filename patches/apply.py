@@ -10,6 +10,7 @@ nothing changed does nothing.
 
     python3 patches/apply.py          (run by scripts/dev.sh, the build backend and the build scripts)
 """
+
 from __future__ import annotations
 
 import glob
@@ -73,7 +74,9 @@ def _fetch_crate() -> Path:
             raise PatchError(f"cargo fetch of {CRATE} {VERSION} failed:\n{result.stderr.strip()}")
     crate = _cached_crate()
     if crate is None:
-        raise PatchError(f"cargo fetch succeeded but {CRATE}-{VERSION}.crate is not in {_cargo_home() / 'registry' / 'cache'}")
+        raise PatchError(
+            f"cargo fetch succeeded but {CRATE}-{VERSION}.crate is not in {_cargo_home() / 'registry' / 'cache'}"
+        )
     return crate
 
 
@@ -162,7 +165,7 @@ def make(out: Path = OUT) -> Path:
                 raise PatchError(f"unexpected path {member.name!r} in {crate_path}")
             if not (member.isfile() or member.isdir()):
                 continue
-            target = work / member.name[len(prefix):]
+            target = work / member.name[len(prefix) :]
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue

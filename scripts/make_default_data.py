@@ -7,6 +7,7 @@ a model must check the prompt to prefer the chosen one. Deterministic: the same 
 
     python scripts/make_default_data.py [OUT_DIR]
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ PreferenceTrainer step on the embedded data. Prints one line per check; exit sta
 
     python scripts/smoke_test.py
 """
+
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +25,10 @@ def check(name, ok):
 
 
 here = Path(simper_rs.__file__).resolve()
-check(f"simper_rs {simper_rs.__version__} imported from {here.parent} (built for torch {simper_rs._core.TORCH_VERSION})",
-      "site-packages" in here.parts)
+check(
+    f"simper_rs {simper_rs.__version__} imported from {here.parent} (built for torch {simper_rs._core.TORCH_VERSION})",
+    "site-packages" in here.parts,
+)
 
 g = torch.Generator().manual_seed(0)
 logits = torch.randn(4, 9, 50, generator=g, dtype=torch.float64).float().requires_grad_()
@@ -48,26 +51,39 @@ logp = torch.log_softmax(plain[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0
 average = (logp * mask).sum(-1) / mask.sum(-1)
 plain_loss = (-average[:2].exp() + average[2:].exp()).mean()
 plain_loss.backward()
-check(f"SimPERLoss {out.loss.item():.6f} and its gradient equal plain PyTorch's ({plain_loss.item():.6f})",
-      abs(out.loss.item() - plain_loss.item()) < 1e-5 and torch.allclose(logits.grad.double(), plain.grad, atol=1e-6))
+check(
+    f"SimPERLoss {out.loss.item():.6f} and its gradient equal plain PyTorch's ({plain_loss.item():.6f})",
+    abs(out.loss.item() - plain_loss.item()) < 1e-5 and torch.allclose(logits.grad.double(), plain.grad, atol=1e-6),
+)
 chosen, rejected = want[:2].float(), want[2:].float()
-check("simper_loss formula", torch.allclose(simper_rs.simper_loss(chosen, rejected), (-chosen.exp() + rejected.exp()).mean()))
+check(
+    "simper_loss formula",
+    torch.allclose(simper_rs.simper_loss(chosen, rejected), (-chosen.exp() + rejected.exp()).mean()),
+)
 for estimator in simper_rs.ESTIMATORS:
-    check(f"dil_loss {estimator} is finite", torch.isfinite(simper_rs.dil_loss(chosen, rejected, estimator=estimator)).item())
+    check(
+        f"dil_loss {estimator} is finite",
+        torch.isfinite(simper_rs.dil_loss(chosen, rejected, estimator=estimator)).item(),
+    )
 
 hidden = torch.randn(4, 9, 16, generator=g, requires_grad=True)
 weight = torch.randn(50, 16, generator=g, requires_grad=True)
 fused = simper_rs.linear_sequence_logps(hidden, weight, labels)
-check("linear_sequence_logps matches the materialised logits", torch.allclose(fused, simper_rs.sequence_logps(hidden @ weight.T, labels), atol=1e-5))
+check(
+    "linear_sequence_logps matches the materialised logits",
+    torch.allclose(fused, simper_rs.sequence_logps(hidden @ weight.T, labels), atol=1e-5),
+)
 
 import simper_rs.numpy as snp  # noqa: E402
 
-check("numpy sequence_logps", abs(snp.sequence_logps(logits.detach().numpy(), labels.numpy())[0] - want[0].item()) < 1e-5)
+check(
+    "numpy sequence_logps", abs(snp.sequence_logps(logits.detach().numpy(), labels.numpy())[0] - want[0].item()) < 1e-5
+)
 
 from transformers import TrainingArguments  # noqa: E402
 
-from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.trainer import PreferenceTrainer  # noqa: E402
 
 data = load_default_data()
@@ -75,8 +91,28 @@ tokenizer = build_tokenizer(data["train"])
 model = build_tiny_model(tokenizer)
 before = [p.detach().clone() for p in model.parameters()]
 with tempfile.TemporaryDirectory() as out_dir:
-    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=4, max_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-3)
-    trainer = PreferenceTrainer(model=model, args=args, train_dataset=data["train"][:8], processing_class=tokenizer, fused_linear=True, max_length=32, max_prompt_length=16)
+    args = TrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+    )
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"][:8],
+        processing_class=tokenizer,
+        fused_linear=True,
+        max_length=32,
+        max_prompt_length=16,
+    )
     result = trainer.train()
-check(f"PreferenceTrainer step (loss {result.training_loss:.4f})", any(not torch.equal(a, b) for a, b in zip(before, model.parameters())))
+check(
+    f"PreferenceTrainer step (loss {result.training_loss:.4f})",
+    any(not torch.equal(a, b) for a, b in zip(before, model.parameters())),
+)
 print(f"{checks} passed, 0 failed")

@@ -21,6 +21,7 @@ text-only causal-LM forward here raises CannotBuildTiny with the reason (CANNOT_
 does (build, then a forward and backward with right and with left padding) and prints parameters,
 time and peak memory; --checks adds determinism and causality, -v tracebacks.
 """
+
 import dataclasses
 import importlib.util
 import os
@@ -57,7 +58,9 @@ class CannotBuildTiny(Exception):
 
 # Token ids that are text and must index the vocabulary, and ids of media placeholders that a
 # text-only batch must never contain.
-_TEXT_TOKEN = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask|decoder_start|forced_bos|forced_eos|start|end|eot)_token_(id|ids|index)$")
+_TEXT_TOKEN = re.compile(
+    r"^(pad|bos|eos|unk|sep|cls|mask|decoder_start|forced_bos|forced_eos|start|end|eot)_token_(id|ids|index)$"
+)
 _TOKEN = re.compile(r"_token_(id|ids|index)$")
 
 
@@ -70,14 +73,19 @@ def _size_rule(name, default, ctx):
         return min(default, 8)
     if "vocab" in n:
         return min(default, ctx["vocab"])
-    if re.search(r"(^|_)(num_hidden_layers|n_layers?|num_layers|num_blocks|num_(en|de)coder_layers|(en|de)coder_layers)$", n):
+    if re.search(
+        r"(^|_)(num_hidden_layers|n_layers?|num_layers|num_blocks|num_(en|de)coder_layers|(en|de)coder_layers)$", n
+    ):
         return min(default, ctx["layers"])
     if re.search(r"key_value_heads|kv_heads", n):
         heads = ctx["default_heads"] or default
         if default >= heads:
             return min(default, HEADS)
         return 1 if default == 1 else HEADS // 2
-    if re.search(r"(^|_)(n_heads?|num_heads|.*attention_heads|.*_num_heads|.*_n_heads|index_n_heads|num_key_heads|num_value_heads)$", n):
+    if re.search(
+        r"(^|_)(n_heads?|num_heads|.*attention_heads|.*_num_heads|.*_n_heads|index_n_heads|num_key_heads|num_value_heads)$",
+        n,
+    ):
         return min(default, HEADS)
     if re.search(r"(head_dim|dim_head|d_head|head_size|kv_channels)$", n):
         return min(default, HEAD_DIM)
@@ -93,7 +101,10 @@ def _size_rule(name, default, ctx):
         return min(default, RANK)
     if re.search(r"(_rank|lowrank)$", n):
         return min(default, 8)
-    if re.search(r"^(hidden_size|n_embd|n_embed|d_model|embed_dim|emb_dim|dim|model_dim|hidden_dim|d_embed|embedding_size|embedding_dim|input_embedding_size|output_embedding_size|word_embed_proj_dim)$", n) or n.endswith("_hidden_size"):
+    if re.search(
+        r"^(hidden_size|n_embd|n_embed|d_model|embed_dim|emb_dim|dim|model_dim|hidden_dim|d_embed|embedding_size|embedding_dim|input_embedding_size|output_embedding_size|word_embed_proj_dim)$",
+        n,
+    ) or n.endswith("_hidden_size"):
         # Dimensions equal to the model width follow it; those that differ stay different.
         if default == ctx["default_hidden"]:
             return ctx["hidden"]
@@ -116,7 +127,10 @@ def _size_rule(name, default, ctx):
         return min(default, EXPERTS_PER_TOKEN)
     if re.search(r"n_shared_experts|num_shared_experts", n):
         return min(default, 1)
-    if re.search(r"sliding_window|window_size|window_len|(^|_)local_attention$|attention_window|(^|_)chunk_size$|chunk_length|index_topk", n):
+    if re.search(
+        r"sliding_window|window_size|window_len|(^|_)local_attention$|attention_window|(^|_)chunk_size$|chunk_length|index_topk",
+        n,
+    ):
         return min(default, WINDOW)
     if re.search(r"d_state|state_size|ssm_state", n):
         return min(default, STATE)
@@ -223,15 +237,25 @@ def _fill_and_tie(defaults, out, ctx):
             out["head_dim"] = hidden // value("num_attention_heads")
     if "num_key_value_heads" in defaults and value("num_key_value_heads") is None and value("num_attention_heads"):
         out["num_key_value_heads"] = value("num_attention_heads")
-    expert_keys = [k for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts") if k in defaults]
+    expert_keys = [
+        k for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts") if k in defaults
+    ]
     if expert_keys and all(value(k) is None for k in expert_keys) and "moe_intermediate_size" in defaults:
         out[expert_keys[0]] = EXPERTS  # a MoE config whose expert count has no default
     experts = [value(k) for k in expert_keys]
-    if "num_experts_per_tok" in defaults and value("num_experts_per_tok") is None and any(isinstance(e, int) and e > 1 for e in experts):
+    if (
+        "num_experts_per_tok" in defaults
+        and value("num_experts_per_tok") is None
+        and any(isinstance(e, int) and e > 1 for e in experts)
+    ):
         out["num_experts_per_tok"] = EXPERTS_PER_TOKEN
     hidden = value("hidden_size")
     for heads, head_dim, expand in _MAMBA_TRIPLES:
-        if all(k in defaults for k in (heads, head_dim, expand)) and isinstance(value(expand), int) and isinstance(hidden, int):
+        if (
+            all(k in defaults for k in (heads, head_dim, expand))
+            and isinstance(value(expand), int)
+            and isinstance(hidden, int)
+        ):
             width = value("mamba_d_ssm") or value(expand) * hidden
             if isinstance(value(head_dim), int):  # else "auto" or None: derived from the heads
                 out[heads] = width // value(head_dim)
@@ -280,22 +304,36 @@ def _tiny_kwargs(cls, init_kwargs, ctx, over=None):
     over = over or {}
     defaults = _field_defaults(cls)
     defaults.update(init_kwargs)
-    hidden_keys = [k for k in ("hidden_size", "n_embd", "d_model", "embed_dim", "dim") if isinstance(defaults.get(k), int)]
-    head_keys = [k for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if isinstance(defaults.get(k), int)]
-    ctx = dict(ctx, default_hidden=defaults[hidden_keys[0]] if hidden_keys else None,
-               default_heads=defaults[head_keys[0]] if head_keys else None)
+    hidden_keys = [
+        k for k in ("hidden_size", "n_embd", "d_model", "embed_dim", "dim") if isinstance(defaults.get(k), int)
+    ]
+    head_keys = [
+        k for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if isinstance(defaults.get(k), int)
+    ]
+    ctx = dict(
+        ctx,
+        default_hidden=defaults[hidden_keys[0]] if hidden_keys else None,
+        default_heads=defaults[head_keys[0]] if head_keys else None,
+    )
     n_forced = next((over[k] for k in ("num_hidden_layers", "n_layer", "n_layers", "num_layers") if k in over), None)
     n_layers, lists = _layer_lists(cls, _default_instance(cls, init_kwargs), ctx, n_forced)
     if n_layers is not None or n_forced is not None:
         ctx["layers"] = n_forced or n_layers
-    ctx["used_ids"] = {v for k, v in defaults.items() if _TOKEN.search(k) and isinstance(v, int) and 0 <= v < ctx["vocab"]}
+    ctx["used_ids"] = {
+        v for k, v in defaults.items() if _TOKEN.search(k) and isinstance(v, int) and 0 <= v < ctx["vocab"]
+    }
     out = {}
     for name, value in defaults.items():
         if name in ("chunk_size_feed_forward",) or isinstance(value, bool):
             continue
         if isinstance(value, int) and _TOKEN.search(name):
             out[name] = _token_id(name, value, ctx)
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value) and _TOKEN.search(name):
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and _TOKEN.search(name)
+        ):
             out[name] = [_token_id(name, v, ctx) for v in value]
         elif isinstance(value, int):
             new = _size_rule(name, value, ctx)
@@ -345,19 +383,35 @@ def _token_id(name, value, ctx):
 # length of the per-layer lists). Each says why.
 
 # Dots3's sliding-window layers take their attention sizes from swa_* keyword arguments.
-_DOTS3_SWA = {"swa_num_attention_heads": HEADS, "swa_num_key_value_heads": HEADS, "swa_q_lora_rank": RANK,
-              "swa_kv_lora_rank": RANK, "swa_head_dim": 2 * HEAD_DIM, "swa_qk_nope_head_dim": HEAD_DIM,
-              "swa_qk_rope_head_dim": HEAD_DIM, "swa_v_head_dim": HEAD_DIM}
+_DOTS3_SWA = {
+    "swa_num_attention_heads": HEADS,
+    "swa_num_key_value_heads": HEADS,
+    "swa_q_lora_rank": RANK,
+    "swa_kv_lora_rank": RANK,
+    "swa_head_dim": 2 * HEAD_DIM,
+    "swa_qk_nope_head_dim": HEAD_DIM,
+    "swa_qk_rope_head_dim": HEAD_DIM,
+    "swa_v_head_dim": HEAD_DIM,
+}
 # The last num_kv_shared_layers reuse the KV cache of the last earlier layer of their type, so the
 # unshared layers must include every type: sliding, full, then the same two shared.
-_GEMMA3N_TEXT = {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "layer_types": ["sliding_attention", "full_attention"] * 2}
+_GEMMA3N_TEXT = {
+    "num_hidden_layers": 4,
+    "num_kv_shared_layers": 2,
+    "layer_types": ["sliding_attention", "full_attention"] * 2,
+}
 # Full-attention layers take their head size from a global_head_dim keyword argument (512).
 _GEMMA4_TEXT = {"global_head_dim": 2 * HEAD_DIM}
 # The assistant (draft) models validate that per-layer inputs are off.
 _GEMMA4_ASSISTANT = {"text_config": dict(_GEMMA4_TEXT, hidden_size_per_layer_input=0, vocab_size_per_layer_input=0)}
 # Indexed-attention layers need the QSA indexer sizes, which default to None.
-_QWEN4_EXP_TEXT = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": HEAD_DIM,
-                   "indexer_budget": 4, "indexer_compress_ratio": 2}
+_QWEN4_EXP_TEXT = {
+    "indexer_n_heads": 2,
+    "indexer_kv_heads": 1,
+    "indexer_head_dim": HEAD_DIM,
+    "indexer_budget": 4,
+    "indexer_compress_ratio": 2,
+}
 
 OVERRIDES = {
     # Hybrids whose default layer pattern has no attention layer among the first few (or none at
@@ -369,8 +423,12 @@ OVERRIDES = {
     # The shared transformer block is tied across hybrid layers: it needs two of them.
     "zamba": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
     # Stacks that must add up to num_hidden_layers, or [pattern, repeats] expanded per layer.
-    "dory": {"num_hidden_layers": 3, "n_input_layers": 1, "n_output_layers": 1,
-             "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]},
+    "dory": {
+        "num_hidden_layers": 3,
+        "n_input_layers": 1,
+        "n_output_layers": 1,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+    },
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "gemma3n_text": _GEMMA3N_TEXT,
     "gemma3n": {"text_config": _GEMMA3N_TEXT},
@@ -392,19 +450,34 @@ OVERRIDES = {
     "dbrx": {"attn_config": {"rope_theta": 10000.0, "clip_qkv": 8.0}},
     "dots1": {"n_shared_experts": 1},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
-    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}}},
+    "cohere_compass_text": {
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+        }
+    },
     # Its forward builds DynamicCache(config=BltConfig), which has no num_hidden_layers, so
     # use_cache must be off; the local encoder/decoder read the global transformer's width.
-    "blt": {"use_cache": False, "encoder_config": {"hidden_size_global": HIDDEN}, "decoder_config": {"hidden_size_global": HIDDEN}},
+    "blt": {
+        "use_cache": False,
+        "encoder_config": {"hidden_size_global": HIDDEN},
+        "decoder_config": {"hidden_size_global": HIDDEN},
+    },
     # The config rounds the mLSTM q/k and v widths up to multiples of 64 but the layer does not,
     # so they agree only when hidden_size * qk_dim_factor is one; with use_cache=True the mLSTM
     # state is updated in place and backward raises.
     "xlstm": {"hidden_size": 64, "qk_dim_factor": 1.0, "use_cache": False},
     # Training-mode axial position embeddings need prod(axial_pos_shape) == the sequence length
     # (12 here) and dims adding up to hidden_size; chunked attention needs chunks dividing it.
-    "reformer": {"attn_layers": ["local", "lsh"], "axial_pos_shape": [3, 4], "axial_pos_embds_dim": [16, 16],
-                 "max_position_embeddings": 12, "local_attn_chunk_length": 6, "lsh_attn_chunk_length": 6, "num_buckets": 2,
-                 "hash_seed": 0},  # else the LSH rotations are drawn afresh at every forward
+    "reformer": {
+        "attn_layers": ["local", "lsh"],
+        "axial_pos_shape": [3, 4],
+        "axial_pos_embds_dim": [16, 16],
+        "max_position_embeddings": 12,
+        "local_attn_chunk_length": 6,
+        "lsh_attn_chunk_length": 6,
+        "num_buckets": 2,
+        "hash_seed": 0,
+    },  # else the LSH rotations are drawn afresh at every forward
     "xmod": {"default_language": "en_XX"},  # the forward raises until a language adapter is chosen
     "xlm": {"causal": True},  # XLM is a masked LM unless causal=True (then a triangular mask)
     # Block-sparse attention needs sequences of over 700 tokens; on shorter ones transformers
@@ -419,8 +492,8 @@ OVERRIDES = {
 # What a user of the tiny model needs to know beyond the overrides.
 NOTES = {
     "reformer": "trains only on sequences of exactly 12 tokens (axial position embeddings of shape 3 x 4); "
-                "in train mode its reversible layers reseed torch's global RNG with torch.seed(), so dropout "
-                "masks differ between forwards whatever the seed: deterministic only with dropout off",
+    "in train mode its reversible layers reseed torch's global RNG with torch.seed(), so dropout "
+    "masks differ between forwards whatever the seed: deterministic only with dropout off",
     "xlstm": "use_cache=False (with the cache on, backward raises)",
     "blt": "use_cache=False (with the cache on, the forward raises)",
     "musicgen": "built as MusicgenForCausalLM(config.decoder) with one codebook",
@@ -430,9 +503,9 @@ NOTES = {
 # Causal-LM classes whose logits are not causal (a position sees later tokens), with the reason.
 NOT_CAUSAL = {
     "cpmant": "CpmAntForCausalLM marks every input token as context, attended in both directions "
-              "(and ignores attention_mask, building its own from the sequence length)",
+    "(and ignores attention_mask, building its own from the sequence length)",
     "xlnet": "a permutation LM: without perm_mask every position attends to the whole sequence "
-             "(attn_type='uni', the one-directional variant, raises with an attention_mask)",
+    "(attn_type='uni', the one-directional variant, raises with an attention_mask)",
 }
 
 # Models that reseed torch's global RNG during a train-mode forward: seeding before the forward
@@ -450,11 +523,13 @@ CANNOT_BUILD = {
     "gemma4_assistant": (
         "a speculative-decoding draft model: its forward needs the target model's inputs_embeds and "
         "shared_kv_states and raises without them, so there is no forward from input_ids alone",
-        "inputs_embeds and shared_kv_states cannot be None"),
+        "inputs_embeds and shared_kv_states cannot be None",
+    ),
     "gemma4_unified_assistant": (
         "a speculative-decoding draft model: its forward needs the target model's inputs_embeds and "
         "shared_kv_states and raises without them, so there is no forward from input_ids alone",
-        "inputs_embeds and shared_kv_states cannot be None"),
+        "inputs_embeds and shared_kv_states cannot be None",
+    ),
 }
 
 # Architectures that need a package this environment may lack: (module, why).
@@ -533,7 +608,7 @@ def example_batch(vocab_size=96, *, batch=4, seq_len=12, padding="right", seed=0
     for row in range(1, batch):
         pad = [3, 1, 5][(row - 1) % 3]
         if padding == "right":
-            mask[row, seq_len - pad:] = 0
+            mask[row, seq_len - pad :] = 0
         else:
             mask[row, :pad] = 0
     return ids, mask
@@ -593,7 +668,11 @@ def _main(argv):
                 extra = f"  same weights {same}, same logits {torch.equal(base, repeat)}, causal {causal}"
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             built.append(mt)
-            print(f"OK     {mt:28s} {info['parameters']:>9,d} params {info['layers']} layers {dt:5.2f} s ({dcpu:5.2f} s CPU)  peak {rss} MiB{extra}", flush=True)
+            print(
+                f"OK     {mt:28s} {info['parameters']:>9,d} params {info['layers']} layers "
+                f"{dt:5.2f} s ({dcpu:5.2f} s CPU)  peak {rss} MiB{extra}",
+                flush=True,
+            )
         except CannotBuildTiny as e:
             cannot.append(mt)
             print(f"CANNOT {e}", flush=True)
@@ -605,8 +684,10 @@ def _main(argv):
         finally:
             signal.alarm(0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(f"built {len(built)}, cannot build {len(cannot)}, failed {len(bad)}; "
-          f"build + 2 forward/backward: {total:.1f} s ({total_cpu:.1f} s CPU); peak RSS {rss} MiB")
+    print(
+        f"built {len(built)}, cannot build {len(cannot)}, failed {len(bad)}; "
+        f"build + 2 forward/backward: {total:.1f} s ({total_cpu:.1f} s CPU); peak RSS {rss} MiB"
+    )
     if bad:
         print("failed:", " ".join(bad))
 

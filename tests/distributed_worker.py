@@ -5,14 +5,15 @@
 
 Each process takes its shard of one global batch of 8 pairs; rank 0 saves the gradients.
 """
+
 import os
 import sys
 
 import torch
 from accelerate import Accelerator
 
-from simper_rs.data import PreferenceCollator, load_default_data
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
+from simper_rs.data import PreferenceCollator, load_default_data
 from simper_rs.trainer import make_loss, preference_loss
 
 GLOBAL_PAIRS = 8

@@ -9,18 +9,19 @@ PreferenceTrainer loss step, simper_rs.trainer.preference_loss) or trl (the mode
 simper_rs.trl uses, add_logps_forward, with SimPER). Each process takes its shard of 8 pairs;
 rank 0 saves every parameter's full gradient.
 """
+
 import os
 import sys
 
 import torch
 import torch.distributed as dist
 
+from simper_rs import simper_loss
+from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 from simper_rs.data import PreferenceCollator, load_default_data
 from simper_rs.integrations.causal_lm import add_logps_forward
 from simper_rs.ops import _reduce_sequence_logps
-from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
 from simper_rs.trainer import make_loss, preference_loss
-from simper_rs import simper_loss
 
 GLOBAL_PAIRS = 8
 
@@ -70,7 +71,9 @@ def main(layout, path, out_path):
         model = shard(model, layout, world)
     records = data["train"][:GLOBAL_PAIRS]
     per_rank = GLOBAL_PAIRS // world
-    batch = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)(records[rank * per_rank : (rank + 1) * per_rank])
+    batch = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)(
+        records[rank * per_rank : (rank + 1) * per_rank]
+    )
     loss = loss_of(model, batch, path)
     loss.backward()
     grads = {}

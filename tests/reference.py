@@ -2,6 +2,7 @@
 
 Written from the conventions and formulas of docs/design.md directly, with none of the package's code.
 """
+
 import torch
 import torch.nn.functional as F
 

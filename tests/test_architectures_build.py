@@ -5,6 +5,7 @@ giving finite [4, 12, vocab] logits with left and right padding, the same weight
 seed, causal where the builder says so; each one it cannot build is refused with its listed
 reason, and that reason is checked to still hold.
 """
+
 import re
 
 import pytest

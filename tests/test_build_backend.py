@@ -1,12 +1,13 @@
 """The build: the torch-sys patch (patches/apply.py) and the PEP 517 backend's choice of torch and
 per-torch wheel metadata (build_backend/simper_rs_build.py), without running Cargo."""
+
 import base64
-import re
 import csv
 import gzip
 import hashlib
 import importlib.util
 import io
+import re
 import subprocess
 import sys
 import tarfile
@@ -69,9 +70,9 @@ PATCH = """comment lines before the first file are ignored
 def test_patch_applies_hunks_at_their_lines(apply):
     hunks = apply.parse_patch(PATCH)
     assert list(hunks) == ["src/x.txt"]
-    assert apply.apply_hunks(ORIGINAL, hunks["src/x.txt"], "src/x.txt") == ORIGINAL.replace("line 2", "line two").replace(
-        "line 7\n", "line 7\nline 7.5\n"
-    )
+    assert apply.apply_hunks(ORIGINAL, hunks["src/x.txt"], "src/x.txt") == ORIGINAL.replace(
+        "line 2", "line two"
+    ).replace("line 7\n", "line 7\nline 7.5\n")
 
 
 @pytest.mark.parametrize("changed", ["line 2", "line 6"])
@@ -84,8 +85,12 @@ def test_patch_refuses_a_hunk_whose_context_differs(apply, changed):
 def test_patch_file_parses_and_changes_what_it_says(apply):
     hunks = apply.parse_patch(apply.PATCH.read_text())
     assert sorted(hunks) == ["build.rs", "libtch/torch_api_generated.cpp"]
-    added = "".join(line for _, body in hunks["libtch/torch_api_generated.cpp"] for line in body if line.startswith("+"))
-    removed = "".join(line for _, body in hunks["libtch/torch_api_generated.cpp"] for line in body if line.startswith("-"))
+    added = "".join(
+        line for _, body in hunks["libtch/torch_api_generated.cpp"] for line in body if line.startswith("+")
+    )
+    removed = "".join(
+        line for _, body in hunks["libtch/torch_api_generated.cpp"] for line in body if line.startswith("-")
+    )
     for name in ("cholesky", "cholesky_out", "qr", "qr_out"):
         assert f"torch::{name}(" in removed and f"torch::linalg_{name}(" in added
     build = "".join(line for _, body in hunks["build.rs"] for line in body)
@@ -127,7 +132,9 @@ def test_a_crate_with_the_pinned_hash_is_unpacked_and_patched(apply, tmp_path, m
     monkeypatch.setattr(apply, "PATCH", patch)
     out = tmp_path / "out" / "torch-sys-0.26.0"
     apply.make(out)
-    assert (out / "src" / "x.txt").read_text() == ORIGINAL.replace("line 2", "line two").replace("line 7\n", "line 7\nline 7.5\n")
+    assert (out / "src" / "x.txt").read_text() == ORIGINAL.replace("line 2", "line two").replace(
+        "line 7\n", "line 7\nline 7.5\n"
+    )
     assert (out / "src" / "lib.rs").read_text() == "// untouched\n"
     # the stamp makes a second run a no-op; a changed patch redoes it
     (out / "src" / "lib.rs").write_text("edited")
@@ -193,7 +200,11 @@ def test_wheel_is_relabelled_for_its_torch_release(backend, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [name]
     with zipfile.ZipFile(tmp_path / name) as wheel:
         names = set(wheel.namelist())
-        assert {"simper_rs/__init__.py", "simper_rs-0.1.0+torch2.14.dist-info/METADATA", "simper_rs-0.1.0+torch2.14.dist-info/RECORD"} <= names
+        assert {
+            "simper_rs/__init__.py",
+            "simper_rs-0.1.0+torch2.14.dist-info/METADATA",
+            "simper_rs-0.1.0+torch2.14.dist-info/RECORD",
+        } <= names
         assert not any(n.startswith("simper_rs-0.1.0.dist-info/") for n in names)
         metadata = wheel.read("simper_rs-0.1.0+torch2.14.dist-info/METADATA").decode()
         assert "Version: 0.1.0+torch2.14" in metadata and "Requires-Dist: torch==2.14.*" in metadata
@@ -213,9 +224,22 @@ def test_pip_reads_the_relabelled_wheel(backend, tmp_path):
     name = backend.retag_wheel(str(tmp_path), make_wheel(tmp_path), "2.15")
     report = tmp_path / "report.json"
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index", "--ignore-installed", "--quiet",
-         "--report", str(report), str(tmp_path / name)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            str(tmp_path / name),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     import json
@@ -238,7 +262,9 @@ def probe_as(monkeypatch, backend, versions):
     monkeypatch.setattr(backend.subprocess, "run", run)
 
 
-@pytest.mark.parametrize("versions, want", [(["2.15.0+cu132"], "2.15.0+cu132"), ([None, "2.14.1"], "2.14.1"), (["2.13.0+cpu"], "2.13.0+cpu")])
+@pytest.mark.parametrize(
+    "versions, want", [(["2.15.0+cu132"], "2.15.0+cu132"), ([None, "2.14.1"], "2.14.1"), (["2.13.0+cpu"], "2.13.0+cpu")]
+)
 def test_builds_against_the_supported_torch_it_finds(backend, monkeypatch, versions, want):
     probe_as(monkeypatch, backend, versions)
     command, version, location = backend._find_torch()
@@ -250,7 +276,10 @@ def test_builds_against_the_supported_torch_it_finds(backend, monkeypatch, versi
 def test_an_unsupported_torch_is_a_clear_error_listing_the_supported_ones(backend, monkeypatch, found):
     probe_as(monkeypatch, backend, found)
     installed = next(v for v in found if v)
-    with pytest.raises(SystemExit, match=rf"builds against torch 2\.13, 2\.14 or 2\.15, but .* has torch {re.escape(installed)} .*pip install 'torch==2\.15\.\*'"):
+    with pytest.raises(
+        SystemExit,
+        match=rf"builds against torch 2\.13, 2\.14 or 2\.15, but .* has torch {re.escape(installed)} .*pip install 'torch==2\.15\.\*'",
+    ):
         backend._find_torch()
 
 

@@ -1,6 +1,7 @@
 """The log-prob forward of HuggingFace causal LMs (simper_rs.integrations): the fused-linear path
 against plain PyTorch SimPER from the model's own logits, the first-step check, the logit-transform
 table, the MoE router loss, and that nothing of the user's model is changed."""
+
 import warnings
 
 import pytest
@@ -15,8 +16,19 @@ from simper_rs.integrations.transforms import TRANSFORMS, model_transform  # noq
 from simper_rs.trainer import make_loss, preference_loss, resolve_aux_loss_coef  # noqa: E402
 
 VOCAB = 64
-SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
 
 
 def tiny(config_class, seed=0, **overrides):
@@ -61,10 +73,14 @@ def assert_fused_equals_plain(model, inputs, rtol=1e-4, atol=1e-6):
 
 
 FAMILIES = {
-    "gemma2 (softcap)": lambda: tiny(transformers.Gemma2Config, head_dim=8, final_logit_softcapping=3.0, attn_logit_softcapping=None),
+    "gemma2 (softcap)": lambda: tiny(
+        transformers.Gemma2Config, head_dim=8, final_logit_softcapping=3.0, attn_logit_softcapping=None
+    ),
     "cohere (logit scale)": lambda: tiny(transformers.CohereConfig, logit_scale=0.0625),
     "granite (logits divided)": lambda: tiny(transformers.GraniteConfig, logits_scaling=8.0),
-    "roberta (head transform + bias)": lambda: tiny(transformers.RobertaConfig, is_decoder=True, num_key_value_heads=None, max_position_embeddings=80),
+    "roberta (head transform + bias)": lambda: tiny(
+        transformers.RobertaConfig, is_decoder=True, num_key_value_heads=None, max_position_embeddings=80
+    ),
     "llama": lambda: tiny(transformers.LlamaConfig),
 }
 
@@ -78,7 +94,15 @@ def test_fused_path_equals_plain_pytorch_on_the_models_own_logits(family):
 def test_a_learned_per_token_logit_scale_inside_the_head_gets_its_gradient():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    model = tiny(CONFIG_MAPPING["dory"], head_dim=8, num_hidden_layers=3, n_input_layers=1, n_recurrent_layers=1, n_output_layers=1, n_recurrent_loops=1)
+    model = tiny(
+        CONFIG_MAPPING["dory"],
+        head_dim=8,
+        num_hidden_layers=3,
+        n_input_layers=1,
+        n_recurrent_layers=1,
+        n_output_layers=1,
+        n_recurrent_loops=1,
+    )
     scale = model.get_output_embeddings().logit_scale
     with torch.no_grad():
         scale.mul_(torch.linspace(0.5, 2.0, scale.numel()))  # not all equal
@@ -97,7 +121,10 @@ class DoubledLogits(transformers.LlamaForCausalLM):
 def test_an_unknown_logit_transform_is_caught_on_the_first_step():
     model = tiny(transformers.LlamaConfig)
     model.__class__ = DoubledLogits
-    with pytest.raises(FusedHeadMismatch, match=r"DoubledLogits \(model type 'llama'\) differ from log_softmax of the model's own logits by up to \S+ \(tolerance"):
+    with pytest.raises(
+        FusedHeadMismatch,
+        match=r"DoubledLogits \(model type 'llama'\) differ from log_softmax of the model's own logits by up to \S+ \(tolerance",
+    ):
         preference_loss(model, batch(), make_loss("simper"), fused_linear=True)
 
 
@@ -105,7 +132,9 @@ def test_the_check_passes_once_and_costs_one_forward(monkeypatch):
     model = tiny(transformers.LlamaConfig)
     calls = []
     original = model.model.forward
-    monkeypatch.setattr(model.model, "forward", lambda *a, **k: calls.append(a or k["input_ids"].shape) or original(*a, **k))
+    monkeypatch.setattr(
+        model.model, "forward", lambda *a, **k: calls.append(a or k["input_ids"].shape) or original(*a, **k)
+    )
     inputs = batch()
     preference_loss(model, inputs, make_loss("simper"), fused_linear=True)
     assert len(calls) == 2  # the check (one sequence) and the step
@@ -125,7 +154,13 @@ def test_the_check_can_be_switched_off(monkeypatch):
 def test_the_check_reports_its_numbers():
     model = tiny(transformers.Gemma2Config, head_dim=8, final_logit_softcapping=3.0)
     inputs = batch()
-    result = verify_fused_head(model, None, (), {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}, inputs["labels"])
+    result = verify_fused_head(
+        model,
+        None,
+        (),
+        {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]},
+        inputs["labels"],
+    )
     assert result["positions"] > 0 and result["max_difference"] <= result["tolerance"] < 1e-2
 
 
@@ -182,22 +217,30 @@ def test_mixture_of_experts_adds_the_router_loss_as_trl_does():
         params = list(model.parameters())
         for a, b in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(want, params)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    off = preference_loss(model, inputs, make_loss("simper"), fused_linear=True, aux_loss_coef=resolve_aux_loss_coef(model, 0.0))
+    off = preference_loss(
+        model, inputs, make_loss("simper"), fused_linear=True, aux_loss_coef=resolve_aux_loss_coef(model, 0.0)
+    )
     assert "aux_loss" not in off.metrics
-    with pytest.raises(ValueError, match="router_aux_loss_coef=0.5, but LlamaForCausalLM is not a Mixture-of-Experts model"):
+    with pytest.raises(
+        ValueError, match="router_aux_loss_coef=0.5, but LlamaForCausalLM is not a Mixture-of-Experts model"
+    ):
         resolve_aux_loss_coef(tiny(transformers.LlamaConfig), 0.5)
 
 
 def test_a_lora_adapter_on_the_head_is_refused_by_name():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny(transformers.LlamaConfig), peft.LoraConfig(target_modules=["lm_head", "q_proj"], r=2))
+    model = peft.get_peft_model(
+        tiny(transformers.LlamaConfig), peft.LoraConfig(target_modules=["lm_head", "q_proj"], r=2)
+    )
     with pytest.raises(ValueError, match="the lm_head is adapted by PEFT"):
         preference_loss(model, batch(), make_loss("simper"), fused_linear=True)
 
 
 def test_a_trained_copy_of_the_head_is_the_one_used():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny(transformers.LlamaConfig), peft.LoraConfig(target_modules=["q_proj"], modules_to_save=["lm_head"], r=2))
+    model = peft.get_peft_model(
+        tiny(transformers.LlamaConfig), peft.LoraConfig(target_modules=["q_proj"], modules_to_save=["lm_head"], r=2)
+    )
     wrapper = model.base_model.model.lm_head
     with torch.no_grad():
         next(iter(wrapper.modules_to_save.values())).weight.mul_(0.5)  # the copy differs from the original

@@ -1,4 +1,5 @@
 """The simper-rs command line: help, one-line errors, and the main job end to end."""
+
 import json
 import os
 import re
@@ -13,7 +14,9 @@ pytest.importorskip("transformers")
 
 def simper_rs(*args, cwd=None):
     env = {**os.environ, "SIMPER_RS_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "simper_rs.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "simper_rs.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def test_help():
@@ -26,12 +29,16 @@ def test_help():
     assert "learning rate 3e-3 constant" in help_text and "learning rate 5e-7 cosine with 10% warm-up" in help_text
     assert "None: 3e-3 (toy), 5e-7 (--model)" in help_text
     # python -m simper_rs is the same command line
-    out = subprocess.run([sys.executable, "-m", "simper_rs", "eval", "--help"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "simper_rs", "eval", "--help"], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0 and "--max-eval-pairs" in out.stdout
 
 
 def test_importing_the_command_line_changes_no_environment():
-    code = "import os, simper_rs.cli, simper_rs.cli.train; print(sorted(k for k in os.environ if k.endswith('OFFLINE')))"
+    code = (
+        "import os, simper_rs.cli, simper_rs.cli.train; print(sorted(k for k in os.environ if k.endswith('OFFLINE')))"
+    )
     env = {k: v for k, v in os.environ.items() if not k.endswith("OFFLINE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
@@ -42,13 +49,21 @@ def test_importing_the_command_line_changes_no_environment():
     [
         (["train", "--data", "missing.jsonl"], "--data: no such preference data file: missing.jsonl"),
         (["train", "--model", "no-such-dir"], "--model: no-such-dir is not a folder"),
-        (["train", "--data", "bad.jsonl"], "--data: bad preference data: bad.jsonl: record 1: field 'rejected' is missing"),
+        (
+            ["train", "--data", "bad.jsonl"],
+            "--data: bad preference data: bad.jsonl: record 1: field 'rejected' is missing",
+        ),
         (["train", "--device", "nonsense"], "--device: nonsense is not usable here"),
         (["train", "--lr", "-1"], "must be positive"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+        + "\n"
+        + json.dumps({"prompt": "p", "chosen": "a"})
+        + "\n"
+    )
     out = simper_rs(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert message in out.stderr
@@ -95,9 +110,11 @@ def test_main_job_improves_held_out_preference_accuracy(tmp_path):
     # float rounding, which moves greedy generations and log-probs a little).
     readme, accuracy_band, margin_band = _readme_main_job()
     assert list(readme) == list(after)  # the same rows, in the same order
-    assert readme["preference accuracy"][:2] == pytest.approx([before["preference accuracy"], after["preference accuracy"]], abs=accuracy_band)
+    assert readme["preference accuracy"][:2] == pytest.approx(
+        [before["preference accuracy"], after["preference accuracy"]], abs=accuracy_band
+    )
     assert readme["margin"][:2] == pytest.approx([before["margin"], after["margin"]], abs=margin_band)
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/margins" in r for r in rows) and any("eval_rewards/margins" in r for r in rows)
     assert (tmp_path / "run" / "training.png").read_bytes()[:4] == b"\x89PNG"
     # the trained model is kept, and is the one evaluated
@@ -128,21 +145,39 @@ def test_train_on_a_user_file_with_a_split(tmp_path):
 
     records = load_default_data()["train"][:60]
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    out = simper_rs("train", "--data", "mine.jsonl", "--epochs", "1", "--sft-warmup-steps", "2", "--loss", "dil", "--estimator", "bce", "--output-dir", "o", cwd=tmp_path)
+    out = simper_rs(
+        "train",
+        "--data",
+        "mine.jsonl",
+        "--epochs",
+        "1",
+        "--sft-warmup-steps",
+        "2",
+        "--loss",
+        "dil",
+        "--estimator",
+        "bce",
+        "--output-dir",
+        "o",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "54 train / 6 held-out pairs" in out.stdout
 
 
 # -- the real-use path: a user's own model, saved with save_pretrained, and data as users keep it (issue 24)
 
-CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A user's model: a tiny Llama and its tokenizer (with a chat template) saved with save_pretrained."""
-    from simper_rs.data import load_default_data
     from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
+    from simper_rs.data import load_default_data
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"] + data["test"])
@@ -160,7 +195,10 @@ def _moved(saved_model, run):
     import torch
     from safetensors.torch import load_file
 
-    given, trained = load_file(str(saved_model / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    given, trained = (
+        load_file(str(saved_model / "model.safetensors")),
+        load_file(str(run / "model" / "model.safetensors")),
+    )
     assert given.keys() == trained.keys()
     largest = beyond_rounding = 0.0
     for name, before in given.items():
@@ -199,12 +237,28 @@ def test_real_use_on_parquet_moves_the_weights_only_as_far_as_two_steps_allow(tm
 
     records = load_default_data()["train"][:60]
     datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "prefs.parquet"))
-    out = simper_rs("train", "--model", str(saved_model), "--data", "prefs.parquet", "--learning-rate", "1e-6", "--max-steps", "2",
-                    "--batch-size", "8", "--output-dir", "run", cwd=tmp_path)
+    out = simper_rs(
+        "train",
+        "--model",
+        str(saved_model),
+        "--data",
+        "prefs.parquet",
+        "--learning-rate",
+        "1e-6",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SimPER on 54 train / 6 held-out pairs (the last 10% of prefs.parquet (train))" in out.stdout
-    assert ("SimPER paper's recipe: learning rate 1e-06 (cosine, 10% warm-up), 2 steps, 8 pairs per step (2 per device x 4 "
-            "accumulation steps), max length 64 (prompt 56), float32 on cpu, no supervised warm-up") in out.stdout
+    assert (
+        "SimPER paper's recipe: learning rate 1e-06 (cosine, 10% warm-up), 2 steps, 8 pairs per step (2 per device x 4 "
+        "accumulation steps), max length 64 (prompt 56), float32 on cpu, no supervised warm-up"
+    ) in out.stdout
     assert "SimPER: held-out evaluation on 6 pairs before and after preference training" in out.stdout
     assert "generation accuracy" not in out.stdout  # exact-match decoding is for the embedded data set unless asked
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -221,18 +275,41 @@ def test_real_use_on_save_to_disk_splits(tmp_path, saved_model):
     from simper_rs.data import load_default_data
 
     data = load_default_data()
-    datasets.DatasetDict({
-        "train_prefs": datasets.Dataset.from_list(data["train"][:40]),
-        "test_prefs": datasets.Dataset.from_list(data["test"][:12]),
-    }).save_to_disk(str(tmp_path / "prefs"))
-    out = simper_rs("train", "--model", str(saved_model), "--data", "prefs", "--data-split", "train_prefs", "--max-eval-pairs", "5",
-                    "--generation-accuracy", "--learning-rate", "1e-6", "--max-steps", "1", "--batch-size", "4", "--output-dir", "run", cwd=tmp_path)
+    datasets.DatasetDict(
+        {
+            "train_prefs": datasets.Dataset.from_list(data["train"][:40]),
+            "test_prefs": datasets.Dataset.from_list(data["test"][:12]),
+        }
+    ).save_to_disk(str(tmp_path / "prefs"))
+    out = simper_rs(
+        "train",
+        "--model",
+        str(saved_model),
+        "--data",
+        "prefs",
+        "--data-split",
+        "train_prefs",
+        "--max-eval-pairs",
+        "5",
+        "--generation-accuracy",
+        "--learning-rate",
+        "1e-6",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SimPER on 40 train / 5 held-out pairs (prefs (test_prefs))" in out.stdout  # the paired test split, capped
     assert "SimPER: held-out evaluation on 5 pairs" in out.stdout and "generation accuracy" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["held_out_pairs"] == 5 and "generation accuracy" in summary["before"]
-    assert _moved(saved_model, tmp_path / "run")[0] == 0  # one step, and it is the schedule's warm-up step (learning rate 0)
+    assert (
+        _moved(saved_model, tmp_path / "run")[0] == 0
+    )  # one step, and it is the schedule's warm-up step (learning rate 0)
 
 
 def _conversation(record):
@@ -252,8 +329,26 @@ def test_real_use_on_chat_data_with_an_asked_for_warm_up(tmp_path, saved_model):
     folder.mkdir()
     for split, records in (("train", data["train"][:24]), ("test", data["test"][:8])):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(_conversation(r)) + "\n" for r in records))
-    out = simper_rs("train", "--model", str(saved_model), "--data", "chats", "--sft-warmup-steps", "1", "--sft-learning-rate", "1e-6",
-                    "--learning-rate", "1e-6", "--max-steps", "1", "--batch-size", "4", "--output-dir", "run", cwd=tmp_path)
+    out = simper_rs(
+        "train",
+        "--model",
+        str(saved_model),
+        "--data",
+        "chats",
+        "--sft-warmup-steps",
+        "1",
+        "--sft-learning-rate",
+        "1e-6",
+        "--learning-rate",
+        "1e-6",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SimPER on 24 train / 8 held-out pairs (chats (test))" in out.stdout
     assert "1 supervised warm-up steps at 1e-06" in out.stdout
@@ -277,11 +372,16 @@ def _cache_a_hub_dataset(hf_home, name, splits):
     folder.mkdir(parents=True)
     parts = {split: datasets.Dataset.from_list(records) for split, records in splits.items()}
     for split, part in parts.items():
-        with pa.OSFile(str(folder / f"{short}-{split}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, part.data.table.schema) as writer:
+        with (
+            pa.OSFile(str(folder / f"{short}-{split}.arrow"), "wb") as sink,
+            pa.ipc.new_stream(sink, part.data.table.schema) as writer,
+        ):
             writer.write_table(part.data.table)
     info = parts[next(iter(parts))].info
     info.config_name, info.dataset_name = "default", short
-    info.splits = datasets.SplitDict({s: datasets.SplitInfo(name=s, num_examples=len(p), dataset_name=short) for s, p in parts.items()})
+    info.splits = datasets.SplitDict(
+        {s: datasets.SplitInfo(name=s, num_examples=len(p), dataset_name=short) for s, p in parts.items()}
+    )
     info.write_to_directory(str(folder))
 
 
@@ -294,7 +394,9 @@ def test_a_cached_hub_dataset_by_name_offline(tmp_path, saved_model):
     # No *_OFFLINE variable: the command sets offline mode itself (the hub is never asked).
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     env.update(HF_HOME=str(tmp_path / "hf"), SIMPER_RS_NUM_THREADS="2")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "simper_rs.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "simper_rs.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     out = run("eval", "--model", str(saved_model), "--data", "someone/prefs")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on 3 preference pairs" in out.stdout  # the test split by default
@@ -306,11 +408,20 @@ def test_a_cached_hub_dataset_by_name_offline(tmp_path, saved_model):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data", "columns.parquet"], "--data: bad preference data: columns.parquet has no column 'rejected' (its columns: prompt, chosen, answer)"),
+        (
+            ["--data", "columns.parquet"],
+            "--data: bad preference data: columns.parquet has no column 'rejected' (its columns: prompt, chosen, answer)",
+        ),
         (["--data", "empty.parquet"], "--data: bad preference data: empty.parquet is empty"),
         (["--data", "saved"], "--data: saved has the splits train_prefs, test_prefs: choose one with --data-split"),
-        (["--data", "saved", "--data-split", "nope"], "--data: saved has no split 'nope' (its splits: train_prefs, test_prefs)"),
-        (["--data", "saved", "--data-split", "train_prefs", "--eval-split", "nope"], "--eval-split: saved has no split 'nope'"),
+        (
+            ["--data", "saved", "--data-split", "nope"],
+            "--data: saved has no split 'nope' (its splits: train_prefs, test_prefs)",
+        ),
+        (
+            ["--data", "saved", "--data-split", "train_prefs", "--eval-split", "nope"],
+            "--eval-split: saved has no split 'nope'",
+        ),
         (["--data", "prefs.txt"], "--data: prefs.txt: unknown kind of file '.txt'"),
         (["--data-split", "train"], "--data-split goes with --data"),
         (["--max-eval-pairs", "0"], "--max-eval-pairs (0) must be at least 1"),
@@ -338,8 +449,23 @@ def test_main_job_on_two_processes(tmp_path):
     """torchrun --nproc_per_node 2 -m simper_rs.cli train: the global batch split over two gloo
     processes, one summary table and one set of files."""
     env = {**os.environ, "SIMPER_RS_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "simper_rs.cli", "train"]
-    out = subprocess.run([*command, "--epochs", "0.3", "--sft-warmup-steps", "3", "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "simper_rs.cli",
+        "train",
+    ]
+    out = subprocess.run(
+        [*command, "--epochs", "0.3", "--sft-warmup-steps", "3", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("held-out evaluation on 300 pairs before and after") == 1 and "on 2 processes" in out.stdout
     assert "preference accuracy" in out.stdout
@@ -353,11 +479,12 @@ def test_main_job_on_two_processes(tmp_path):
 
 
 def test_fused_linear_run_saves_the_ordinary_model(tmp_path):
-    out = simper_rs("train", "--fused-linear", "--epochs", "0.2", "--sft-warmup-steps", "2", "--output-dir", str(tmp_path))
+    out = simper_rs(
+        "train", "--fused-linear", "--epochs", "0.2", "--sft-warmup-steps", "2", "--output-dir", str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert isinstance(model.get_output_embeddings(), torch.nn.Linear) and "forward" not in model.__dict__
@@ -366,7 +493,14 @@ def test_fused_linear_run_saves_the_ordinary_model(tmp_path):
 
 # -- TrainingArguments options, YAML config, checkpoints and resume (issue 17)
 
-_TIMING = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+_TIMING = (
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+)
 
 
 def _rows(path):
@@ -383,9 +517,24 @@ def test_options_come_from_training_arguments_and_a_yaml_file():
     from simper_rs.cli import parse_train_arguments
 
     opts, ta = parse_train_arguments([])
-    assert (ta["num_train_epochs"], ta["learning_rate"], ta["per_device_train_batch_size"], ta["seed"]) == (2.0, 3e-3, 32, 0)
-    assert (ta["save_steps"], ta["save_total_limit"], ta["output_dir"]) == (500, 2, os.path.join("simper-rs-output", "checkpoints"))
-    assert (opts.sft_warmup_steps, opts.sft_learning_rate, opts.max_length, opts.max_prompt_length, opts.batch_size) == (15, 3e-3, 64, 32, 32)
+    assert (ta["num_train_epochs"], ta["learning_rate"], ta["per_device_train_batch_size"], ta["seed"]) == (
+        2.0,
+        3e-3,
+        32,
+        0,
+    )
+    assert (ta["save_steps"], ta["save_total_limit"], ta["output_dir"]) == (
+        500,
+        2,
+        os.path.join("simper-rs-output", "checkpoints"),
+    )
+    assert (
+        opts.sft_warmup_steps,
+        opts.sft_learning_rate,
+        opts.max_length,
+        opts.max_prompt_length,
+        opts.batch_size,
+    ) == (15, 3e-3, 64, 32, 32)
     # snake_case and kebab-case spell the same field; the old flags are aliases
     for argv in (["--learning_rate", "1e-4"], ["--learning-rate", "1e-4"], ["--lr", "1e-4"]):
         assert parse_train_arguments(argv)[1]["learning_rate"] == 1e-4
@@ -411,17 +560,49 @@ def test_a_user_model_gets_the_papers_recipe_and_nothing_else(monkeypatch):
     from simper_rs.cli import parse_train_arguments
 
     opts, ta = parse_train_arguments(["--model", "m"])
-    recipe = {k: ta[k] for k in ("num_train_epochs", "learning_rate", "lr_scheduler_type", "warmup_steps", "seed", "per_device_eval_batch_size")}
-    assert recipe == {"num_train_epochs": 1.0, "learning_rate": 5e-7, "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "seed": 42, "per_device_eval_batch_size": 4}
+    recipe = {
+        k: ta[k]
+        for k in (
+            "num_train_epochs",
+            "learning_rate",
+            "lr_scheduler_type",
+            "warmup_steps",
+            "seed",
+            "per_device_eval_batch_size",
+        )
+    }
+    assert recipe == {
+        "num_train_epochs": 1.0,
+        "learning_rate": 5e-7,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.1,
+        "seed": 42,
+        "per_device_eval_batch_size": 4,
+    }
     assert (opts.batch_size, ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"]) == (128, 2, 64)
-    assert opts.sft_warmup_steps == 0 and opts.max_length is None and opts.max_prompt_length is None  # lengths: from the model
+    assert (
+        opts.sft_warmup_steps == 0 and opts.max_length is None and opts.max_prompt_length is None
+    )  # lengths: from the model
     assert opts.generation_accuracy is True  # on the embedded data set; off for --data unless asked
     assert parse_train_arguments(["--model", "m", "--data", "prefs.jsonl"])[0].generation_accuracy is False
-    assert parse_train_arguments(["--model", "m", "--data", "prefs.jsonl", "--generation-accuracy"])[0].generation_accuracy is True
-    opts, ta = parse_train_arguments(["--model", "m", "--batch-size", "8", "--learning-rate", "1e-6", "--sft-warmup-steps", "3"])
+    assert (
+        parse_train_arguments(["--model", "m", "--data", "prefs.jsonl", "--generation-accuracy"])[0].generation_accuracy
+        is True
+    )
+    opts, ta = parse_train_arguments(
+        ["--model", "m", "--batch-size", "8", "--learning-rate", "1e-6", "--sft-warmup-steps", "3"]
+    )
     assert (ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"]) == (2, 4)
-    assert (opts.sft_warmup_steps, opts.sft_learning_rate) == (3, 1e-6)  # the warm-up runs at the run's rate unless told
-    assert parse_train_arguments(["--model", "m", "--sft-warmup-steps", "3", "--sft-learning-rate", "1e-5"])[0].sft_learning_rate == 1e-5
+    assert (opts.sft_warmup_steps, opts.sft_learning_rate) == (
+        3,
+        1e-6,
+    )  # the warm-up runs at the run's rate unless told
+    assert (
+        parse_train_arguments(["--model", "m", "--sft-warmup-steps", "3", "--sft-learning-rate", "1e-5"])[
+            0
+        ].sft_learning_rate
+        == 1e-5
+    )
     _, ta = parse_train_arguments(["--model", "m", "--batch-size", "7"])  # odd: one pair per forward
     assert (ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"]) == (1, 7)
     _, ta = parse_train_arguments(["--model", "m", "--per-device-train-batch-size", "16"])
@@ -446,9 +627,17 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     from simper_rs.cli import parse_train_arguments
 
     config = tmp_path / "run.yaml"
-    config.write_text("learning-rate: 0.001\nnum_train_epochs: 0.5\nreport_to: [tensorboard]\npadding_free: true\nmax_prompt_length: 12\n")
+    config.write_text(
+        "learning-rate: 0.001\nnum_train_epochs: 0.5\nreport_to: [tensorboard]\npadding_free: true\nmax_prompt_length: 12\n"
+    )
     opts, ta = parse_train_arguments([str(config), "--lr", "2e-3"])
-    assert (ta["learning_rate"], ta["num_train_epochs"], ta["report_to"], opts.padding_free, opts.max_prompt_length) == (2e-3, 0.5, ["tensorboard"], True, 12)
+    assert (
+        ta["learning_rate"],
+        ta["num_train_epochs"],
+        ta["report_to"],
+        opts.padding_free,
+        opts.max_prompt_length,
+    ) == (2e-3, 0.5, ["tensorboard"], True, 12)
 
 
 @pytest.mark.parametrize(
@@ -457,9 +646,17 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
         ("no_such_option: 1\n", [], "unknown option 'no_such_option'"),
         ("- a list\n", [], "must be a mapping"),
         (None, [], "config: no such file"),
-        ("lr: 1\n", ["--batch-size", "8", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "4"], "give two of the three"),
+        (
+            "lr: 1\n",
+            ["--batch-size", "8", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "4"],
+            "give two of the three",
+        ),
         ("lr: 1\n", ["--batch-size", "10", "--gradient-accumulation-steps", "4"], "--batch-size 10 must split evenly"),
-        ("lr: 1\n", ["--max-prompt-length", "64"], "--max-prompt-length (64) must be positive and smaller than --max-length (64)"),
+        (
+            "lr: 1\n",
+            ["--max-prompt-length", "64"],
+            "--max-prompt-length (64) must be positive and smaller than --max-length (64)",
+        ),
         ("lr: 1\n", ["--resume-from-checkpoint"], "no checkpoint to resume from"),
         ("lr: 1\n", ["--resume-from-checkpoint", "nowhere"], "nowhere is not a checkpoint folder"),
     ],
@@ -488,19 +685,35 @@ def test_old_warmup_flag_is_now_the_learning_rate_warmup_with_a_note(capsys):
 
 
 # Short runs: 1/4 epoch of 3000 pairs in batches of 32 = 24 steps.
-_SHORT = ["--epochs", "0.25", "--sft-warmup-steps", "2", "--save-steps", "5", "--logging-steps", "3", "--eval-steps", "10"]
+_SHORT = [
+    "--epochs",
+    "0.25",
+    "--sft-warmup-steps",
+    "2",
+    "--save-steps",
+    "5",
+    "--logging-steps",
+    "3",
+    "--eval-steps",
+    "10",
+]
 
 
 def test_checkpoints_are_rotated_resumed_and_checked_and_tensorboard_is_written(tmp_path, capsys):
     import shutil
 
-    from simper_rs.integrations.checkpoints import find_checkpoint
     from simper_rs.cli import main
+    from simper_rs.integrations.checkpoints import find_checkpoint
 
-    out = simper_rs("train", *_SHORT, "--save-total-limit", "2", "--report-to", "tensorboard", "--output-dir", str(tmp_path))
+    out = simper_rs(
+        "train", *_SHORT, "--save-total-limit", "2", "--report-to", "tensorboard", "--output-dir", str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     checkpoints = tmp_path / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-20", "checkpoint-24"]  # the last step is always saved
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "checkpoint-20",
+        "checkpoint-24",
+    ]  # the last step is always saved
     assert "checkpoints: checkpoint-20, checkpoint-24" in out.stdout
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # resuming a finished run trains nothing more and ends with the same model and metrics
@@ -534,13 +747,29 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
     import signal
     import time
 
-    args = ["--epochs", "0.5", "--sft-warmup-steps", "2", "--save-steps", "10", "--logging-steps", "3", "--eval-steps", "25"]
+    args = [
+        "--epochs",
+        "0.5",
+        "--sft-warmup-steps",
+        "2",
+        "--save-steps",
+        "10",
+        "--logging-steps",
+        "3",
+        "--eval-steps",
+        "25",
+    ]
     whole = simper_rs("train", *args, "--output-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     run = tmp_path / "killed"
     env = {**os.environ, "SIMPER_RS_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "simper_rs.cli", "train", *args, "--output-dir", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simper_rs.cli", "train", *args, "--output-dir", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (run / "checkpoints" / "checkpoint-10").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -558,7 +787,10 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
     a, b = _weights(tmp_path / "whole"), _weights(run)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     summary = lambda p: json.loads((p / "summary.json").read_text())
-    assert summary(run)["before"] == summary(tmp_path / "whole")["before"] and summary(run)["after"] == summary(tmp_path / "whole")["after"]
+    assert (
+        summary(run)["before"] == summary(tmp_path / "whole")["before"]
+        and summary(run)["after"] == summary(tmp_path / "whole")["after"]
+    )
     assert not (run / "checkpoints" / ".incomplete").exists()
 
 
@@ -568,15 +800,25 @@ def test_a_mixture_of_experts_model_trains_with_its_router_loss(tmp_path, coef):
     (as TRL adds it) and logged as aux_loss; --router-aux-loss-coef 0.0 turns it off."""
     import transformers
 
-    from simper_rs.data import load_default_data
     from simper_rs.cli.tiny import build_tokenizer
+    from simper_rs.data import load_default_data
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"] + data["test"])
     config = transformers.MixtralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.02,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
     tokenizer.save_pretrained(tmp_path / "moe")
@@ -584,8 +826,24 @@ def test_a_mixture_of_experts_model_trains_with_its_router_loss(tmp_path, coef):
         for record in data["train"][:20]:
             f.write(json.dumps(record) + "\n")
     extra = [] if coef is None else ["--router-aux-loss-coef", coef]
-    out = simper_rs("train", "--model", "moe", "--data", "prefs.jsonl", "--max-steps", "2", "--batch-size", "4", "--logging-steps", "1",
-                    "--fused-linear", "--output-dir", "run", *extra, cwd=tmp_path)
+    out = simper_rs(
+        "train",
+        "--model",
+        "moe",
+        "--data",
+        "prefs.jsonl",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--logging-steps",
+        "1",
+        "--fused-linear",
+        "--output-dir",
+        "run",
+        *extra,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     logged = [row for row in _rows(tmp_path / "run" / "metrics.jsonl") if "loss" in row]
     assert logged
@@ -601,7 +859,10 @@ def test_a_transformers_without_the_trainer_internals_resume_needs_is_a_clear_er
     from simper_rs.integrations import checkpoints
 
     monkeypatch.delattr(transformers.Trainer, "_run_epoch")
-    with pytest.raises(checkpoints.CheckpointError, match=r"Trainer internals that transformers \S+ does not have \(_run_epoch\); it is tested with transformers 5.20 to 5.24"):
+    with pytest.raises(
+        checkpoints.CheckpointError,
+        match=r"Trainer internals that transformers \S+ does not have \(_run_epoch\); it is tested with transformers 5.20 to 5.24",
+    ):
         checkpoints.ResumableTrainer(model=None)
     monkeypatch.undo()
 

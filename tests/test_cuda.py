@@ -6,6 +6,7 @@ op, the fallback when the kernel is disabled, and the kernel's self-check (simpe
 passing on every dtype, a planted fault caught on the GPU, the fallback that follows, and a
 first use inside graph capture refused. `bash benchmarks/gpu_check.sh` runs it.
 """
+
 import os
 import warnings
 
@@ -20,7 +21,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Loose enough for one rounding of the gradient to the logits' dtype, tight for float32.
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-6)}
+TOL = {
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=1e-6),
+}
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +111,21 @@ def test_custom_ignore_index_and_extreme_values(device):
     tok = simper_rs.token_logps(logits, labels, ignore_index=5)
     torch.testing.assert_close(tok, ref.token_logps(logits, labels, ignore_index=5), rtol=1e-5, atol=2e-5)
     big = logits * 3e3  # rows at ±1e4: the online max must keep exp in range
-    torch.testing.assert_close(simper_rs.token_logps(big, labels, ignore_index=5), ref.token_logps(big, labels, ignore_index=5), rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(
+        simper_rs.token_logps(big, labels, ignore_index=5),
+        ref.token_logps(big, labels, ignore_index=5),
+        rtol=1e-5,
+        atol=1e-2,
+    )
     masked = logits.clone()
     masked[..., 100:] = float("-inf")  # a masked-out vocabulary tail
     labels_in = labels % 100
-    torch.testing.assert_close(simper_rs.token_logps(masked, labels_in, ignore_index=5), ref.token_logps(masked, labels_in, ignore_index=5), rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(
+        simper_rs.token_logps(masked, labels_in, ignore_index=5),
+        ref.token_logps(masked, labels_in, ignore_index=5),
+        rtol=1e-5,
+        atol=2e-5,
+    )
 
 
 @pytest.mark.parametrize("vocab", [128256, 256000])
@@ -316,13 +331,19 @@ def test_the_in_place_backward_equals_the_fresh_one(device):
         tok, lse, _, _ = torch.ops.simper_rs.fused_token_logps(rows[None], targets[None], -100, False, False)
         upstream = torch.randn_like(tok)
         fresh = torch.ops.simper_rs.fused_token_logps_backward(upstream, rows[None], targets[None], lse, -100, False)[0]
-        _core.cuda_backward_in_place(rows, targets, upstream[0], lse[0], -100, torch.cuda.current_stream(device).cuda_stream)
+        _core.cuda_backward_in_place(
+            rows, targets, upstream[0], lse[0], -100, torch.cuda.current_stream(device).cuda_stream
+        )
         assert torch.equal(rows, fresh)
 
 
 def test_a_planted_fault_fails_on_the_gpu_and_auto_falls_back(device):
     result = cuda_check.run_self_check(_OffByOne(), device, torch.bfloat16)
-    assert not result.passed and "forward: log-probs: " in result.failure and " at [1, 1], the libtorch path gives " in result.failure
+    assert (
+        not result.passed
+        and "forward: log-probs: " in result.failure
+        and " at [1, 1], the libtorch path gives " in result.failure
+    )
     logits, labels = make(2, 9, 300, torch.bfloat16, device)
     with cuda_check.simulated_device_for_testing(_OffByOne(), str(device)):
         with warnings.catch_warnings(record=True) as caught:

@@ -7,6 +7,7 @@ and that with one fault planted: a wrong value, a compile failure, a launch fail
 leak into ignored or shifted-out rows. The emulation of the real kernel source runs the same
 problem in tests/test_cuda_emulated.py; on a GPU tests/test_cuda.py runs it on the real kernel.
 """
+
 import re
 import threading
 import time
@@ -89,7 +90,9 @@ class WrongLogProb(TorchKernel):
 
 class WrongGradientScale(TorchKernel):
     def backward(self, grad_logps, logits, labels, lse, ignore_index, shift, **options):
-        return (super().backward(grad_logps, logits, labels, lse, ignore_index, shift, **options).float() * 1.05).to(logits.dtype)
+        return (super().backward(grad_logps, logits, labels, lse, ignore_index, shift, **options).float() * 1.05).to(
+            logits.dtype
+        )
 
 
 class LeaksIntoSkippedRows(TorchKernel):
@@ -131,13 +134,15 @@ class HalfInPlace(TorchKernel):
     def backward_in_place(self, rows, targets, grad_logps, lse, ignore_index, **options):
         keep = rows.clone()
         super().backward_in_place(rows, targets, grad_logps, lse, ignore_index, **options)
-        rows[:, rows.shape[1] // 2:] = keep[:, rows.shape[1] // 2:]
+        rows[:, rows.shape[1] // 2 :] = keep[:, rows.shape[1] // 2 :]
 
 
 class FailsToCompile(TorchKernel):
     def load(self, device):
         super().load(device)
-        raise RuntimeError("the CUDA kernel did not compile for Cubin(90):\nlogps.cu(12): error: identifier \"u16\" is undefined")
+        raise RuntimeError(
+            'the CUDA kernel did not compile for Cubin(90):\nlogps.cu(12): error: identifier "u16" is undefined'
+        )
 
 
 class FailsToLaunch(TorchKernel):
@@ -185,32 +190,57 @@ def test_every_case_runs_forward_with_and_without_statistics_and_backward():
         "backward_in_place": in_place,
     }
     assert in_place >= 1 and with_stats >= 1 and any(not case.with_stats for case in cuda_check.CASES)
-    assert {case.options.get("logit_softcap") is not None for case in cuda_check.CASES} == {True, False}  # the transform kernels too
+    assert {case.options.get("logit_softcap") is not None for case in cuda_check.CASES} == {
+        True,
+        False,
+    }  # the transform kernels too
     assert {case.layout for case in cuda_check.CASES} == {"contiguous", "time_major", "rows"}
 
 
 @pytest.mark.parametrize(
     "kernel, expected",
     [
-        (WrongLogProb(), r"contiguous rows, shifted, with statistics: forward: log-probs: \S+ at \[1, 1\], the libtorch path gives "),
+        (
+            WrongLogProb(),
+            r"contiguous rows, shifted, with statistics: forward: log-probs: \S+ at \[1, 1\], the libtorch path gives ",
+        ),
         (WrongLogProb(error=3e-4), r"forward: log-probs: \S+ at \[1, 1\], the libtorch path gives "),
         (WrongGradientScale(), r"contiguous rows, shifted, with statistics: backward: gradient: \S+ at \["),
         (LeaksIntoSkippedRows("ignored"), r"backward: gradient: \S+ at \[0, 0, 0\], the libtorch path gives 0 "),
         (LeaksIntoSkippedRows("shifted"), r"backward: gradient: \S+ at \[0, 4, 0\], the libtorch path gives 0 "),
         (WrongArgmax(), r"forward with statistics: argmax == label: [01] at \[.*\], the libtorch path gives [01]$"),
-        (NaNEntropy(), r"forward with statistics: entropy: 1 non-finite value\(s\) where the libtorch path is finite \(at \[0, 3\]: nan\)"),
+        (
+            NaNEntropy(),
+            r"forward with statistics: entropy: 1 non-finite value\(s\) where the libtorch path is finite \(at \[0, 3\]: nan\)",
+        ),
         (HalfInPlace(), r"fused-linear chunk rows, in-place backward, with statistics: in-place backward: gradient: "),
         (FailsToCompile(), r"the kernel did not compile or load: the CUDA kernel did not compile for Cubin\(90\)"),
-        (FailsToLaunch(), r"backward kernel failed: RuntimeError: CUDA driver call cuLaunchKernel failed: too many resources"),
+        (
+            FailsToLaunch(),
+            r"backward kernel failed: RuntimeError: CUDA driver call cuLaunchKernel failed: too many resources",
+        ),
     ],
-    ids=["wrong-logp", "small-wrong-logp", "gradient-5%", "ignored-row-leak", "shifted-row-leak", "argmax", "nan", "in-place", "compile", "launch"],
+    ids=[
+        "wrong-logp",
+        "small-wrong-logp",
+        "gradient-5%",
+        "ignored-row-leak",
+        "shifted-row-leak",
+        "argmax",
+        "nan",
+        "in-place",
+        "compile",
+        "launch",
+    ],
 )
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_each_planted_fault_fails_the_check_and_says_what(kernel, expected, dtype):
     result = cuda_check.run_self_check(kernel, "cpu", dtype)
     assert not result.passed and result.failure is not None
     assert re.search(expected, result.failure), result.failure
-    assert result.message().startswith(f"the fused CUDA kernel failed its self-check on cpu (cpu (simulated)) for {result.dtype}: ")
+    assert result.message().startswith(
+        f"the fused CUDA kernel failed its self-check on cpu (cpu (simulated)) for {result.dtype}: "
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -247,7 +277,10 @@ def test_a_wrong_kernel_warns_once_falls_back_and_the_loss_is_the_libtorch_path(
 
         (first, second), warned = warnings_of(two_steps)
         assert len(warned) == 1, warned
-        assert f"{FAILED} on cpu (cpu (simulated)) for bfloat16: contiguous rows, shifted, with statistics: forward: log-probs" in warned[0]
+        assert (
+            f"{FAILED} on cpu (cpu (simulated)) for bfloat16: contiguous rows, shifted, with statistics: forward: log-probs"
+            in warned[0]
+        )
         assert "bfloat16 tensors on cpu use libtorch ops instead" in warned[0]
         assert ops.resolve_backend("auto", logits) == "torch"
         # Exactly the libtorch path's values and gradients: no wrong value reached the loss.
@@ -259,7 +292,9 @@ def test_a_wrong_kernel_warns_once_falls_back_and_the_loss_is_the_libtorch_path(
         # backend="rust" raises the same message (and does not warn).
         with pytest.raises(RuntimeError) as raised:
             simper_rs.sequence_logps(logits, labels, backend="rust")
-        assert str(raised.value).startswith("backend='rust': the fused CUDA kernel failed its self-check on cpu (cpu (simulated)) for bfloat16")
+        assert str(raised.value).startswith(
+            "backend='rust': the fused CUDA kernel failed its self-check on cpu (cpu (simulated)) for bfloat16"
+        )
         assert warned[0].split("; bfloat16 tensors")[0].removeprefix("simper_rs: ") in str(raised.value)
         # Another dtype is its own decision: float32 passes (the kernel is wrong for bfloat16 only).
         _, warned32 = warnings_of(lambda: simper_rs.sequence_logps(logits.float(), labels))
@@ -283,7 +318,9 @@ def test_the_check_runs_once_per_device_and_dtype():
         assert kernel.calls["load"] == 2 and kernel.calls["forward"] == 2 * once["forward"]
 
 
-@pytest.mark.parametrize("kernel, what", [(FailsToCompile(), "did not compile or load"), (FailsToLaunch(), "backward kernel failed")])
+@pytest.mark.parametrize(
+    "kernel, what", [(FailsToCompile(), "did not compile or load"), (FailsToLaunch(), "backward kernel failed")]
+)
 def test_compile_and_launch_failures_fall_back_with_one_warning(kernel, what):
     logits, labels = batch(torch.float32)
     with cuda_check.simulated_device_for_testing(kernel):
@@ -349,7 +386,9 @@ def test_concurrent_first_uses_run_one_check():
     logits, labels = batch(torch.float32)
     picked = []
     with cuda_check.simulated_device_for_testing(kernel):
-        threads = [threading.Thread(target=lambda: picked.append(ops.resolve_backend("auto", logits))) for _ in range(4)]
+        threads = [
+            threading.Thread(target=lambda: picked.append(ops.resolve_backend("auto", logits))) for _ in range(4)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -410,8 +449,12 @@ def test_doctor_prints_the_self_check_per_dtype(capsys):
     assert status == 1 and "problems: " in out and "self-check" in out.split("problems: ")[1]
     lines = [line for line in out.splitlines() if "self-check" in line and " cpu " in line]
     assert len(lines) == 3, out
-    assert lines[0].startswith("   self-check") and re.search(r"cpu float32  passed \(\d+\.\d+ m?s\)$", lines[0]), lines[0]
-    assert lines[1].startswith("!! self-check") and re.search(r"cpu bfloat16 FAILED \(\d+\.\d+ m?s\): contiguous rows", lines[1])
+    assert lines[0].startswith("   self-check") and re.search(r"cpu float32  passed \(\d+\.\d+ m?s\)$", lines[0]), (
+        lines[0]
+    )
+    assert lines[1].startswith("!! self-check") and re.search(
+        r"cpu bfloat16 FAILED \(\d+\.\d+ m?s\): contiguous rows", lines[1]
+    )
     assert "forward: log-probs: " in lines[1]
     assert "libtorch ops are used instead" in lines[1]
     with cuda_check.simulated_device_for_testing(TorchKernel()):

@@ -1,5 +1,6 @@
 """CPU CI guards the CUDA kernel: its source must compile under NVRTC, down to machine code for
 the GPUs it targets (NVRTC runs ptxas for an sm_XY target), with no GPU present."""
+
 import warnings
 
 import pytest
@@ -8,7 +9,9 @@ from simper_rs import _core
 from simper_rs._cuda import load_nvrtc
 
 NVRTC = load_nvrtc()
-needs_nvrtc = pytest.mark.skipif(NVRTC is None, reason="NVRTC cannot be loaded here (it comes with the CUDA build of torch)")
+needs_nvrtc = pytest.mark.skipif(
+    NVRTC is None, reason="NVRTC cannot be loaded here (it comes with the CUDA build of torch)"
+)
 KERNELS = [
     f"logps_{way}_{dtype}{transform}"
     for dtype in ("f32", "bf16", "f16")

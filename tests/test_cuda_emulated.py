@@ -6,6 +6,7 @@ launch on a stream) is tests/test_cuda.py's job on a GPU.
 Blocks of 32 threads (short rows already reach the unrolled vector loop) and of 256 (what the GPU
 launches). Skipped, saying why, where no C++20 compiler is found.
 """
+
 import ctypes
 import math
 import shutil
@@ -24,11 +25,16 @@ HERE = Path(__file__).parent
 SOURCE = HERE / "cuda_emulation" / "emulate.cpp"
 KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 COMPILER = shutil.which("g++") or shutil.which("c++")
-pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to build the CPU emulation of the CUDA kernel")
+pytestmark = pytest.mark.skipif(
+    COMPILER is None, reason="no C++ compiler (g++) to build the CPU emulation of the CUDA kernel"
+)
 
 
 class Rows(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_longlong) for name in ("used", "vocab", "batch_stride", "position_stride", "labels_stride", "shift")]
+    _fields_ = [
+        (name, ctypes.c_longlong)
+        for name in ("used", "vocab", "batch_stride", "position_stride", "labels_stride", "shift")
+    ]
 
 
 class Transform(ctypes.Structure):
@@ -55,7 +61,19 @@ def build_emulator(block):
     """Compile the emulation with `block` threads per block (once per session) and load it."""
     if block not in _built:
         out = Path(tempfile.mkdtemp(prefix="simper_rs_emulation")) / f"emulate{block}.so"
-        command = [COMPILER, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", f"-DBLOCK={block}", str(SOURCE), "-o", str(out)]
+        command = [
+            COMPILER,
+            "-std=c++20",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-fvisibility=hidden",
+            f"-DBLOCK={block}",
+            str(SOURCE),
+            "-o",
+            str(out),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 and "c++20" in done.stderr:
             pytest.skip(f"{COMPILER} cannot compile C++20: {done.stderr.strip().splitlines()[-1]}")
@@ -86,8 +104,17 @@ def forward(lib, logits, labels, shift=True, with_stats=True, ignore_index=-100,
     b, t, _ = logits.shape
     used = t - int(shift)
     out = [torch.full((b, used), 123.0) for _ in range(4)]  # poison: every entry must be written
-    lib.emulated_forward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), transform, ignore_index,
-                         int(with_stats), *(o.data_ptr() for o in out), b * used)
+    lib.emulated_forward(
+        KIND[logits.dtype],
+        logits.data_ptr(),
+        labels.data_ptr(),
+        rows_of(logits, labels, shift),
+        transform,
+        ignore_index,
+        int(with_stats),
+        *(o.data_ptr() for o in out),
+        b * used,
+    )
     return out
 
 
@@ -95,8 +122,19 @@ def backward(lib, grad_logps, logits, labels, lse, shift=True, ignore_index=-100
     labels = labels.contiguous()
     b, t, v = logits.shape
     grad = torch.full((b, t, v), 7.0, dtype=logits.dtype) if out is None else out
-    lib.emulated_backward(KIND[logits.dtype], logits.data_ptr(), labels.data_ptr(), rows_of(logits, labels, shift), transform, ignore_index,
-                          grad_logps.float().contiguous().data_ptr(), lse.float().contiguous().data_ptr(), grad.data_ptr(), t, b * t)
+    lib.emulated_backward(
+        KIND[logits.dtype],
+        logits.data_ptr(),
+        labels.data_ptr(),
+        rows_of(logits, labels, shift),
+        transform,
+        ignore_index,
+        grad_logps.float().contiguous().data_ptr(),
+        lse.float().contiguous().data_ptr(),
+        grad.data_ptr(),
+        t,
+        b * t,
+    )
     return grad
 
 
@@ -126,7 +164,11 @@ def batch(b, t, v, dtype, seed=0, scale=3.0, ignore_frac=0.25):
     return logits, labels
 
 
-GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-6)}
+GRAD_TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=1e-6),
+}
 
 
 def check(lib, logits, labels, shift=True, ignore_index=-100):
@@ -241,7 +283,11 @@ def test_property_any_shape_offset_and_mask(b, t, v, dtype, offset, shift, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("transform", [dict(logit_scale=0.0625), dict(logit_softcap=2.5), dict(logit_scale=3.0, logit_softcap=4.0)], ids=["scale", "softcap", "scale-softcap"])
+@pytest.mark.parametrize(
+    "transform",
+    [dict(logit_scale=0.0625), dict(logit_softcap=2.5), dict(logit_scale=3.0, logit_softcap=4.0)],
+    ids=["scale", "softcap", "scale-softcap"],
+)
 @pytest.mark.parametrize("vocab", [5, 301])
 def test_logit_transforms_match_the_reference(emulator, dtype, transform, vocab):
     """The transform applied as each element is read (head, vector body, tail), its derivative in
@@ -268,7 +314,6 @@ def test_logit_transforms_match_the_reference(emulator, dtype, transform, vocab)
     torch.testing.assert_close(grad.float(), leaf.grad, **grad_tol)
 
 
-
 # -- the self-check's problem (simper_rs.cuda_check) through the emulated kernel
 
 
@@ -286,12 +331,24 @@ class EmulatedKernel:
         return forward(self.lib, logits, labels, shift, with_stats, ignore_index, transform=transform_of(**options))
 
     def backward(self, grad_logps, logits, labels, lse, ignore_index, shift, **options):
-        return backward(self.lib, grad_logps, logits, labels, lse, shift, ignore_index, transform=transform_of(**options))
+        return backward(
+            self.lib, grad_logps, logits, labels, lse, shift, ignore_index, transform=transform_of(**options)
+        )
 
     def backward_in_place(self, rows, targets, grad_logps, lse, ignore_index, **options):
         assert rows.is_contiguous()  # as fused_cuda::backward_in_place requires
         view = rows.unsqueeze(0)
-        backward(self.lib, grad_logps[None], view, targets[None], lse[None], False, ignore_index, out=view, transform=transform_of(**options))
+        backward(
+            self.lib,
+            grad_logps[None],
+            view,
+            targets[None],
+            lse[None],
+            False,
+            ignore_index,
+            out=view,
+            transform=transform_of(**options),
+        )
 
 
 @pytest.mark.parametrize("dtype", list(KIND))

@@ -1,4 +1,5 @@
 """Preference data loading (TRL formats) and the collator."""
+
 import json
 import subprocess
 import sys
@@ -7,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from simper_rs.data import PreferenceCollator, PreferenceDataError, default_data_dir, load_default_data, load_preference_data
 from simper_rs.cli.tiny import build_tokenizer
+from simper_rs.data import (
+    PreferenceCollator,
+    PreferenceDataError,
+    default_data_dir,
+    load_default_data,
+    load_preference_data,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = [
@@ -23,7 +30,9 @@ def tokenizer():
 
 
 def test_default_data_regenerates_exactly(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_default_data.py"), str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_default_data.py"), str(tmp_path)], check=True, capture_output=True
+    )
     for split in ("train", "test"):
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (default_data_dir() / f"{split}.jsonl").read_bytes()
 
@@ -52,8 +61,18 @@ BAD = [
     ({"prompt": "x", "chosen": "a"}, "record 1: field 'rejected' is missing"),
     ({"prompt": "x", "chosen": "", "rejected": "b"}, "record 1: field 'chosen' is an empty response"),
     ({"prompt": "x", "chosen": 3, "rejected": "b"}, "record 1: field 'chosen' must be a string or a list"),
-    ({"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}, "record 1: field 'prompt' message 0"),
-    ({"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "record 1: mixes plain text and conversations"),
+    (
+        {
+            "prompt": [{"role": "user"}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        },
+        "record 1: field 'prompt' message 0",
+    ),
+    (
+        {"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"},
+        "record 1: mixes plain text and conversations",
+    ),
     ("not a dict", "record 1: expected a dict"),
 ]
 
@@ -92,7 +111,11 @@ def test_collator_layout_masks_and_special_tokens(tokenizer):
 
 
 def test_collator_truncates_like_trl(tokenizer):
-    long = {"prompt": "sort : " + " ".join("abcdefghijklmnop") + " =", "chosen": " ".join("abcdefghijklmnop"), "rejected": "a b"}
+    long = {
+        "prompt": "sort : " + " ".join("abcdefghijklmnop") + " =",
+        "chosen": " ".join("abcdefghijklmnop"),
+        "rejected": "a b",
+    }
     collator = PreferenceCollator(tokenizer, max_length=12, max_prompt_length=5)
     chosen_ids, chosen_labels, rejected_ids, _ = collator.encode_record(long)
     assert len(chosen_ids) == 12
@@ -111,11 +134,13 @@ def test_collator_passes_precomputed_reference_logps(tokenizer):
 
 
 def test_conversations_use_the_chat_template(tokenizer):
-    conv = [{
-        "prompt": [{"role": "user", "content": "sort : b a ="}],
-        "chosen": [{"role": "assistant", "content": "a b"}],
-        "rejected": [{"role": "assistant", "content": "b a"}],
-    }]
+    conv = [
+        {
+            "prompt": [{"role": "user", "content": "sort : b a ="}],
+            "chosen": [{"role": "assistant", "content": "a b"}],
+            "rejected": [{"role": "assistant", "content": "b a"}],
+        }
+    ]
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     try:
         batch = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)(conv)
@@ -171,19 +196,33 @@ def _write(kind, records, folder):
         return folder / "saved", None
     if kind == "save_to_disk DatasetDict":
         other = [dict(r, prompt=r["prompt"] + " again") if isinstance(r["prompt"], str) else r for r in records]
-        datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(other), "test_prefs": datasets.Dataset.from_list(records)}).save_to_disk(str(folder / "saved"))
+        datasets.DatasetDict(
+            {"train_prefs": datasets.Dataset.from_list(other), "test_prefs": datasets.Dataset.from_list(records)}
+        ).save_to_disk(str(folder / "saved"))
         return folder / "saved", "test_prefs"
     if kind == "dataset folder":  # data files by split, as a clone of a hub dataset repository holds them
         (folder / "repo" / "data").mkdir(parents=True)
         datasets.Dataset.from_list(records).to_parquet(str(folder / "repo" / "data" / "test-00000-of-00001.parquet"))
-        datasets.Dataset.from_list(records[:1]).to_parquet(str(folder / "repo" / "data" / "train-00000-of-00001.parquet"))
+        datasets.Dataset.from_list(records[:1]).to_parquet(
+            str(folder / "repo" / "data" / "train-00000-of-00001.parquet")
+        )
         return folder / "repo", "test"
     if kind == "Dataset":
         return datasets.Dataset.from_list(records), None
     raise AssertionError(kind)
 
 
-KINDS = ["jsonl", "json", "json lines in .json", "csv", "parquet", "save_to_disk Dataset", "save_to_disk DatasetDict", "dataset folder", "Dataset"]
+KINDS = [
+    "jsonl",
+    "json",
+    "json lines in .json",
+    "csv",
+    "parquet",
+    "save_to_disk Dataset",
+    "save_to_disk DatasetDict",
+    "dataset folder",
+    "Dataset",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -210,14 +249,18 @@ def test_splits_by_name_and_the_default_split(tmp_path):
     from simper_rs.data import preference_splits
 
     folder = tmp_path / "saved"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": datasets.Dataset.from_list(RECORDS[:1])}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(RECORDS), "test": datasets.Dataset.from_list(RECORDS[:1])}
+    ).save_to_disk(str(folder))
     assert sorted(preference_splits(folder)) == ["test", "train"]
     assert load_preference_data(folder) == RECORDS  # the train split by default
     assert load_preference_data(folder, split="test") == RECORDS[:1]
     with pytest.raises(PreferenceDataError, match=r"has no split 'validation' \(its splits: train, test\)"):
         load_preference_data(folder, split="validation")
     two = tmp_path / "two"
-    datasets.DatasetDict({"a": datasets.Dataset.from_list(RECORDS), "b": datasets.Dataset.from_list(RECORDS)}).save_to_disk(str(two))
+    datasets.DatasetDict(
+        {"a": datasets.Dataset.from_list(RECORDS), "b": datasets.Dataset.from_list(RECORDS)}
+    ).save_to_disk(str(two))
     with pytest.raises(PreferenceDataError, match="has the splits a, b: choose one with split"):
         load_preference_data(two)
 
@@ -225,8 +268,12 @@ def test_splits_by_name_and_the_default_split(tmp_path):
 @pytest.mark.parametrize("kind", ["csv", "parquet", "save_to_disk Dataset"])
 def test_a_missing_column_is_named(tmp_path, kind):
     pytest.importorskip("datasets")
-    source, _ = _write(kind, [{"prompt": r["prompt"], "chosen": r["chosen"], "answer": r["rejected"]} for r in RECORDS], tmp_path)
-    with pytest.raises(PreferenceDataError, match=r"has no column 'rejected' \(its columns: prompt, chosen, answer\)") as err:
+    source, _ = _write(
+        kind, [{"prompt": r["prompt"], "chosen": r["chosen"], "answer": r["rejected"]} for r in RECORDS], tmp_path
+    )
+    with pytest.raises(
+        PreferenceDataError, match=r"has no column 'rejected' \(its columns: prompt, chosen, answer\)"
+    ) as err:
         load_preference_data(source)
     assert len(str(err.value).splitlines()) == 1
 
@@ -236,7 +283,9 @@ def test_an_empty_split_and_odd_files_are_named(tmp_path):
 
     empty = datasets.Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
     with pytest.raises(PreferenceDataError, match=r"the records \(split 'test'\) is empty"):
-        load_preference_data(datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": empty}), split="test")
+        load_preference_data(
+            datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS), "test": empty}), split="test"
+        )
     empty.to_parquet(str(tmp_path / "empty.parquet"))
     with pytest.raises(PreferenceDataError, match="empty.parquet is empty"):
         load_preference_data(tmp_path / "empty.parquet")
@@ -282,12 +331,17 @@ def test_implicit_prompts_are_split_off_as_trl_does(record):
 
     expected = trl_data_utils.maybe_extract_prompt(dict(record))
     got = check_record(0, dict(record))
-    assert {k: got[k] for k in ("prompt", "chosen", "rejected")} == {k: expected[k] for k in ("prompt", "chosen", "rejected")}
+    assert {k: got[k] for k in ("prompt", "chosen", "rejected")} == {
+        k: expected[k] for k in ("prompt", "chosen", "rejected")
+    }
 
 
 def test_implicit_prompt_that_cannot_be_found_is_named():
     conv = {"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
-    with pytest.raises(PreferenceDataError, match="record 1: field 'prompt' is missing, and 'chosen' and 'rejected' share no first message"):
+    with pytest.raises(
+        PreferenceDataError,
+        match="record 1: field 'prompt' is missing, and 'chosen' and 'rejected' share no first message",
+    ):
         load_preference_data([RECORDS[0], conv])
     with pytest.raises(PreferenceDataError, match="record 0: field 'chosen' is an empty response"):
         load_preference_data([{"chosen": "same", "rejected": "same"}])
@@ -295,7 +349,8 @@ def test_implicit_prompt_that_cannot_be_found_is_named():
 
 def test_chat_template_that_writes_bos_and_eos_gets_them_once(tokenizer):
     tokenizer.chat_template = (
-        "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
+        "{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
     )
     try:
         collator = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)
@@ -310,7 +365,10 @@ def test_both_collators_take_reference_log_probs_by_one_rule():
     from simper_rs.data import PreferenceDataError, reference_logps
     from simper_rs.integrations.trl import PackedPreferenceCollator
 
-    with_refs = [{"ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}, {"ref_chosen_logps": -0.5, "ref_rejected_logps": -3.0}]
+    with_refs = [
+        {"ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0},
+        {"ref_chosen_logps": -0.5, "ref_rejected_logps": -3.0},
+    ]
     got = reference_logps(with_refs)
     assert got["ref_chosen_logps"].tolist() == [-1.0, -0.5] and got["ref_rejected_logps"].tolist() == [-2.0, -3.0]
     assert reference_logps([{}, {}]) == {}

@@ -1,4 +1,5 @@
 """A 2-process CPU (gloo) run through Accelerate gives the gradients of a 1-process run."""
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 
 def run(args, out, fused):
     env = {**os.environ, "FUSED_LINEAR": "1" if fused else "0", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *args, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 

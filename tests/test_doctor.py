@@ -1,4 +1,5 @@
 """simper-rs doctor: one screen on the installation, exit status 1 when something needed fails."""
+
 import subprocess
 import sys
 
@@ -32,7 +33,9 @@ def test_doctor_reports_this_installation(capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
 def test_asking_for_cuda_without_a_gpu_fails():
-    result = subprocess.run([sys.executable, "-m", "simper_rs", "doctor", "--device", "cuda"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "simper_rs", "doctor", "--device", "cuda"], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert "!! CUDA" in result.stdout and "no CUDA device visible" in result.stdout
     assert "problems: CUDA" in result.stdout

@@ -1,5 +1,6 @@
 """The fused-linear paths under FSDP2 (fully_shard) on CPU: 2 gloo processes give every parameter
 the gradient of a 1-process run, wherever the lm_head is wrapped (tests/fsdp_worker.py)."""
+
 import os
 import subprocess
 import sys
@@ -14,14 +15,18 @@ WORKER = str(Path(__file__).with_name("fsdp_worker.py"))
 
 def run(args, out, layout, path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args, WORKER, layout, path, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *args, WORKER, layout, path, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["trainer", "trl"])
-@pytest.mark.parametrize("layout", ["root", "own", "tied"], ids=["lm_head-in-root", "lm_head-own-unit", "tied-embedding"])
+@pytest.mark.parametrize(
+    "layout", ["root", "own", "tied"], ids=["lm_head-in-root", "lm_head-own-unit", "tied-embedding"]
+)
 def test_fsdp2_gradients_equal_one_process(tmp_path, layout, path):
     two = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path / "two.pt", layout, path)
     one = run([], tmp_path / "one.pt", layout, path)
@@ -64,10 +69,18 @@ def test_deepspeed_zero3_gradients_equal_one_process(tmp_path, path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
     outs = {}
     for name, args in (("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]), ("one", [])):
-        result = subprocess.run([sys.executable, *args, ZERO3_WORKER, path, str(tmp_path / f"{name}.pt")], env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, *args, ZERO3_WORKER, path, str(tmp_path / f"{name}.pt")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         outs[name] = torch.load(tmp_path / f"{name}.pt")
     assert outs["two"]["world"] == 2 and outs["one"]["world"] == 1
     for name, grad in outs["one"]["grads"].items():
         assert grad.abs().max() > 0, name
-        torch.testing.assert_close(outs["two"]["grads"][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
+        torch.testing.assert_close(
+            outs["two"]["grads"][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name
+        )

@@ -1,4 +1,5 @@
 """The fused CPU kernel as a torch op: autograd registration, torch.compile, stats, threads, fork."""
+
 import multiprocessing as mp
 import os
 import subprocess

@@ -1,4 +1,5 @@
 """Fused-linear log-probs against the materialised path (hidden @ W.T, then the reference)."""
+
 import pytest
 import torch
 
@@ -10,7 +11,11 @@ from simper_rs.ops import _linear_token_logps
 def linear_batch(pairs=2, seq_len=6, hidden_size=8, vocab=23, dtype=torch.float32, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(2 * pairs, seq_len, hidden_size, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
-    weight = (torch.randn(vocab, hidden_size, generator=g, dtype=torch.float64) / hidden_size**0.5).to(dtype).requires_grad_()
+    weight = (
+        (torch.randn(vocab, hidden_size, generator=g, dtype=torch.float64) / hidden_size**0.5)
+        .to(dtype)
+        .requires_grad_()
+    )
     b = (torch.randn(vocab, generator=g, dtype=torch.float64) * 0.1).to(dtype).requires_grad_() if bias else None
     _, labels = ref.make_batch(pairs=pairs, seq_len=seq_len, vocab=vocab, seed=seed, requires_grad=False)
     return hidden, weight, b, labels
@@ -77,24 +82,99 @@ def test_modules_from_hidden_equal_modules_from_logits(estimator):
 
 
 LINEAR_BAD = [
-    ("hidden not a tensor", lambda h, w, b, y: simper_rs.linear_sequence_logps([1.0], w, y), TypeError, "hidden must be a torch.Tensor, got list"),
+    (
+        "hidden not a tensor",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps([1.0], w, y),
+        TypeError,
+        "hidden must be a torch.Tensor, got list",
+    ),
     ("hidden rank", lambda h, w, b, y: simper_rs.linear_sequence_logps(h[0], w, y), ValueError, "hidden must be a 3-D"),
     ("weight rank", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w[0], y), ValueError, "weight must be a 2-D"),
-    ("hidden size mismatch", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w[:, :5], y), ValueError, "hidden_size 8"),
-    ("dtype mismatch", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w.double(), y), TypeError, "weight dtype torch.float64 must equal hidden dtype torch.float32"),
-    ("integer hidden", lambda h, w, b, y: simper_rs.linear_sequence_logps(h.long(), w, y), TypeError, "hidden must be a floating-point"),
-    ("bias shape", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, b[:3]), ValueError, "bias must be a 1-D tensor [vocab] = [23]"),
+    (
+        "hidden size mismatch",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w[:, :5], y),
+        ValueError,
+        "hidden_size 8",
+    ),
+    (
+        "dtype mismatch",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w.double(), y),
+        TypeError,
+        "weight dtype torch.float64 must equal hidden dtype torch.float32",
+    ),
+    (
+        "integer hidden",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h.long(), w, y),
+        TypeError,
+        "hidden must be a floating-point",
+    ),
+    (
+        "bias shape",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, b[:3]),
+        ValueError,
+        "bias must be a 1-D tensor [vocab] = [23]",
+    ),
     ("bias dtype", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, b.double()), TypeError, "bias dtype"),
-    ("labels shape", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y[:, :3]), ValueError, "first two dimensions of hidden"),
-    ("label out of range", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y.index_fill(1, torch.tensor([4]), 23)), ValueError, "is outside the vocabulary [0, 23)"),
-    ("empty row", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y.index_fill(0, torch.tensor([1]), -100)), ValueError, "row 1 of labels has no response tokens"),
-    ("bad chunk size", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, chunk_size=0), ValueError, "chunk_size must be a positive"),
-    ("different devices", lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w.detach().to("meta"), y), ValueError, "weight is on"),
-    ("logits and hidden", lambda h, w, b, y: simper_rs.SimPERLoss()(h @ w.T, y, hidden=h, lm_head_weight=w), ValueError, "not both"),
-    ("hidden without weight", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, labels=y), ValueError, "needs exactly one of lm_head_weight"),
-    ("weight and module", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head_weight=w, lm_head=torch.nn.Linear(8, 11), labels=y), ValueError, "needs exactly one of"),
-    ("module and bias", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head=torch.nn.Linear(8, 11), lm_head_bias=b, labels=y), ValueError, "lm_head_bias goes with lm_head_weight"),
-    ("odd batch", lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h[:3], lm_head_weight=w, labels=y[:3]), ValueError, "hidden must hold a [chosen; rejected] batch"),
+    (
+        "labels shape",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y[:, :3]),
+        ValueError,
+        "first two dimensions of hidden",
+    ),
+    (
+        "label out of range",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y.index_fill(1, torch.tensor([4]), 23)),
+        ValueError,
+        "is outside the vocabulary [0, 23)",
+    ),
+    (
+        "empty row",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y.index_fill(0, torch.tensor([1]), -100)),
+        ValueError,
+        "row 1 of labels has no response tokens",
+    ),
+    (
+        "bad chunk size",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w, y, chunk_size=0),
+        ValueError,
+        "chunk_size must be a positive",
+    ),
+    (
+        "different devices",
+        lambda h, w, b, y: simper_rs.linear_sequence_logps(h, w.detach().to("meta"), y),
+        ValueError,
+        "weight is on",
+    ),
+    (
+        "logits and hidden",
+        lambda h, w, b, y: simper_rs.SimPERLoss()(h @ w.T, y, hidden=h, lm_head_weight=w),
+        ValueError,
+        "not both",
+    ),
+    (
+        "hidden without weight",
+        lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, labels=y),
+        ValueError,
+        "needs exactly one of lm_head_weight",
+    ),
+    (
+        "weight and module",
+        lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head_weight=w, lm_head=torch.nn.Linear(8, 11), labels=y),
+        ValueError,
+        "needs exactly one of",
+    ),
+    (
+        "module and bias",
+        lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h, lm_head=torch.nn.Linear(8, 11), lm_head_bias=b, labels=y),
+        ValueError,
+        "lm_head_bias goes with lm_head_weight",
+    ),
+    (
+        "odd batch",
+        lambda h, w, b, y: simper_rs.SimPERLoss()(hidden=h[:3], lm_head_weight=w, labels=y[:3]),
+        ValueError,
+        "hidden must hold a [chosen; rejected] batch",
+    ),
 ]
 
 

@@ -1,5 +1,6 @@
 """SimPER / DIL from hidden states with the gradients computed in the forward (simper_rs.fused_loss),
 against the materialised path written here: logits = hidden @ W.T + b, then the reference formulas."""
+
 import pytest
 import torch
 
@@ -73,7 +74,9 @@ def test_same_loss_metrics_and_gradients_as_the_log_prob_path(name):
     plain = loss_fn.from_sequence_logps(logps[:4], logps[4:], metrics=stats)
     torch.testing.assert_close(fused.loss, plain.loss)
     assert fused.metrics == pytest.approx(plain.metrics, rel=1e-6, abs=1e-7)
-    for a, e in zip(torch.autograd.grad(fused.loss, (hidden, weight, b)), torch.autograd.grad(plain.loss, (hidden, weight, b))):
+    for a, e in zip(
+        torch.autograd.grad(fused.loss, (hidden, weight, b)), torch.autograd.grad(plain.loss, (hidden, weight, b))
+    ):
         torch.testing.assert_close(a, e)
 
 
@@ -103,7 +106,10 @@ def test_a_second_term_on_the_sequence_logps_gets_its_gradient_too():
     total = out.loss - 0.5 * out.chosen_logps.mean()
     want_loss, logps = reference_loss("simper", hidden, weight, b, labels)
     want = want_loss - 0.5 * logps[:2].mean()
-    for a, e in zip(torch.autograd.grad(total, (hidden, weight, b)), torch.autograd.grad(want, (hidden, weight, b), retain_graph=True)):
+    for a, e in zip(
+        torch.autograd.grad(total, (hidden, weight, b)),
+        torch.autograd.grad(want, (hidden, weight, b), retain_graph=True),
+    ):
         torch.testing.assert_close(a, e)
     # the sequence log-probs alone, with the loss unused
     out = call(simper_rs.SimPERLoss(), hidden, weight, b, labels)
@@ -132,15 +138,25 @@ def test_packed_sequences_equal_padded():
     weight = torch.randn(13, 6, generator=g).requires_grad_()
     loss_fn = simper_rs.DILLoss("lsif")
     refs = references(labels.shape[0] // 2)
-    got = loss_fn(hidden=packed, lm_head_weight=weight, labels=packed_labels, position_ids=position_ids, chunk_size=4,
-                  ref_chosen_logps=refs[0], ref_rejected_logps=refs[1])
-    want = loss_fn(hidden=padded, lm_head_weight=weight, labels=labels, ref_chosen_logps=refs[0], ref_rejected_logps=refs[1])
+    got = loss_fn(
+        hidden=packed,
+        lm_head_weight=weight,
+        labels=packed_labels,
+        position_ids=position_ids,
+        chunk_size=4,
+        ref_chosen_logps=refs[0],
+        ref_rejected_logps=refs[1],
+    )
+    want = loss_fn(
+        hidden=padded, lm_head_weight=weight, labels=labels, ref_chosen_logps=refs[0], ref_rejected_logps=refs[1]
+    )
     torch.testing.assert_close(got.loss, want.loss)
     assert got.metrics == pytest.approx(want.metrics, rel=1e-6, abs=1e-7)
     (g_packed, g_weight) = torch.autograd.grad(got.loss, (packed, weight))
     (g_padded, g_weight_padded) = torch.autograd.grad(want.loss, (padded, weight))
     torch.testing.assert_close(g_weight, g_weight_padded)
     from test_packing import back_to_padded
+
     torch.testing.assert_close(back_to_padded(g_packed), g_padded)
 
 
@@ -194,9 +210,17 @@ def test_second_backward_with_retain_graph_recomputes():
 @pytest.mark.parametrize(
     "kwargs, exc, fragment",
     [
-        (dict(ref_chosen_logps=torch.zeros(3), ref_rejected_logps=torch.zeros(3)), ValueError, "ref_chosen_logps must be a 1-D tensor [pairs] = [2]"),
+        (
+            dict(ref_chosen_logps=torch.zeros(3), ref_rejected_logps=torch.zeros(3)),
+            ValueError,
+            "ref_chosen_logps must be a 1-D tensor [pairs] = [2]",
+        ),
         (dict(ref_chosen_logps=torch.zeros(2)), ValueError, "must be given together"),
-        (dict(ref_chosen_logps=torch.zeros(2, dtype=torch.long), ref_rejected_logps=torch.zeros(2)), TypeError, "ref_chosen_logps must be a floating-point"),
+        (
+            dict(ref_chosen_logps=torch.zeros(2, dtype=torch.long), ref_rejected_logps=torch.zeros(2)),
+            TypeError,
+            "ref_chosen_logps must be a floating-point",
+        ),
     ],
 )
 def test_bad_references(kwargs, exc, fragment):

@@ -1,4 +1,5 @@
 """Importing simper_rs: works without torch imported first; a wrong torch is a clear ImportError."""
+
 import re
 import subprocess
 import sys
@@ -19,7 +20,6 @@ def test_required_series_comes_from_the_package_metadata(monkeypatch):
     from importlib import metadata
 
     from simper_rs import _torch_version
-
     from simper_rs._torch_version import SUPPORTED_TORCH
 
     # What the installed metadata says: the source range (maturin develop) or, for a wheel of the
@@ -73,11 +73,23 @@ def test_matching_torch_is_accepted(built_for):
 
 @pytest.mark.parametrize(
     "built_for, installed",
-    [("2.13.0+cu130", "2.11.0"), ("2.13.0", "2.14.0+cu128"), ("2.15.0+cu130", "2.13.0"), ("2.14.1", "2.15.0"), ("2.15.0", "1.13.1")],
+    [
+        ("2.13.0+cu130", "2.11.0"),
+        ("2.13.0", "2.14.0+cu128"),
+        ("2.15.0+cu130", "2.13.0"),
+        ("2.14.1", "2.15.0"),
+        ("2.15.0", "1.13.1"),
+    ],
 )
 def test_other_torch_is_a_clear_import_error(built_for, installed):
     series = built_for[:4]
-    with pytest.raises(ImportError, match=rf'built for torch {re.escape(series)}\.x but torch {re.escape(installed)} is installed; install the matching release with: pip install "torch=={re.escape(series)}\.\*"'):
+    with pytest.raises(
+        ImportError,
+        match=(
+            rf"built for torch {re.escape(series)}\.x but torch {re.escape(installed)} is installed; "
+            rf'install the matching release with: pip install "torch=={re.escape(series)}\.\*"'
+        ),
+    ):
         check_torch_version(installed, built_for=built_for)
 
 

@@ -8,6 +8,7 @@ level or inside a function, counts.
   the command line (``import simper_rs`` does not import them);
 - no module imports another module's private (underscore) names or reads them as attributes.
 """
+
 import ast
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_there_is_no_import_cycle():
             if nxt.startswith(node + "."):
                 continue
             if state.get(nxt) == "open":
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -133,7 +134,9 @@ def test_frameworks_only_in_the_integrations_and_the_command_line():
         if target.split(".")[0] in FRAMEWORKS
     ]
     assert not wrong, "\n".join(wrong)
-    code = "import sys, simper_rs, simper_rs.numpy; print(sorted(m for m in %r if m in sys.modules))" % sorted(FRAMEWORKS)
+    code = "import sys, simper_rs, simper_rs.numpy; print(sorted(m for m in %r if m in sys.modules))" % sorted(
+        FRAMEWORKS
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"import simper_rs imported {out.stdout.strip()}"
@@ -148,7 +151,11 @@ def test_no_module_takes_another_modules_private_names():
             reached = internal(target)
             if not reached or reached in PRIVATE_MODULES:
                 continue
-            wrong += [f"{name}:{line} imports {n} from {reached}" for n in names if n.startswith("_") and not n.startswith("__")]
+            wrong += [
+                f"{name}:{line} imports {n} from {reached}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 for alias in node.names:
@@ -162,9 +169,12 @@ def test_no_module_takes_another_modules_private_names():
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("planted, rule", [
-    ({"simper_rs.ops": {"simper_rs.losses"}, "simper_rs.losses": {"simper_rs.ops"}}, "cycle"),
-])
+@pytest.mark.parametrize(
+    "planted, rule",
+    [
+        ({"simper_rs.ops": {"simper_rs.losses"}, "simper_rs.losses": {"simper_rs.ops"}}, "cycle"),
+    ],
+)
 def test_the_cycle_check_finds_a_planted_cycle(planted, rule, monkeypatch):
     edges = defaultdict(set, {k: set(v) for k, v in planted.items()})
     monkeypatch.setattr(sys.modules[__name__], "graph", lambda: edges)

@@ -1,4 +1,5 @@
 """Loss values and gradients against the plain-PyTorch reference of tests/reference.py."""
+
 import pytest
 import torch
 

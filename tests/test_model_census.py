@@ -9,6 +9,7 @@ Each architecture's outcome must be the one docs/census.md states, so the publis
 drift from what the code does: ``python tests/test_model_census.py`` rewrites that page from a
 fresh run (the table, the counts, the transformers version).
 """
+
 import re
 import sys
 import time
@@ -96,7 +97,11 @@ def outcome(model_type):
     if coef:
         with torch.no_grad():
             returns_one = model(input_ids=inputs["input_ids"][:1], output_router_logits=True).aux_loss is not None
-        notes.append(f"router loss × {coef:g}" if returns_one else "config has router_aux_loss_coef, the model returns no router loss")
+        notes.append(
+            f"router loss × {coef:g}"
+            if returns_one
+            else "config has router_aux_loss_coef, the model returns no router loss"
+        )
     steps = model_transform(model).describe()
     if not steps.startswith("none"):
         notes.append(steps)
@@ -106,7 +111,10 @@ def outcome(model_type):
             try:
                 difference = compare(model, inputs, fused, coef)
             except Exception as err:  # noqa: BLE001 - the census reports what happened
-                return "error", f"{'fused-linear' if fused else 'logits'} path: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                return (
+                    "error",
+                    f"{'fused-linear' if fused else 'logits'} path: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
+                )
         if difference is not None:
             return "different", f"{'fused-linear' if fused else 'logits'} path: {difference}"
         fallback = [w for w in caught if "fused-linear path cannot run" in str(w.message)]
@@ -171,8 +179,13 @@ def write_page(results, seconds):
         "| --- | --- |",
     ]
     lines += [f"| {kind} | {n} |" for kind, n in sorted(counts.items())]
-    lines += ["", f"{len(results)} architectures in {seconds:.0f} s on this machine.", "",
-              "| model type | outcome | notes (logit transform, router loss, reason) |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        f"{len(results)} architectures in {seconds:.0f} s on this machine.",
+        "",
+        "| model type | outcome | notes (logit transform, router loss, reason) |",
+        "| --- | --- | --- |",
+    ]
     for model_type, (kind, detail) in sorted(results.items()):
         lines.append(f"| `{model_type}` | {kind} | {detail.replace('|', '/')} |")
     PAGE.write_text("\n".join(lines) + "\n")
@@ -184,7 +197,7 @@ if __name__ == "__main__":
     transformers.logging.set_verbosity_error()
     start = time.time()
     results = {}
-    for model_type in (sys.argv[1:] or CAUSAL_LM_TYPES):
+    for model_type in sys.argv[1:] or CAUSAL_LM_TYPES:
         results[model_type] = outcome(model_type)
         print(f"{model_type}: {results[model_type][0]} {results[model_type][1]}", flush=True)
     if not sys.argv[1:]:

@@ -1,4 +1,5 @@
 """simper_rs.numpy against the torch API and the plain-PyTorch reference."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,12 @@ def test_logps_match_torch(dtype, shift):
     np.testing.assert_allclose(tokens, expected.numpy(), rtol=1e-5, atol=1e-6)
     for average in (True, False):
         seq = snp.sequence_logps(x, y, average=average, shift=shift)
-        np.testing.assert_allclose(seq, simper_rs.sequence_logps(torch.from_numpy(x), labels, average=average, shift=shift).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            seq,
+            simper_rs.sequence_logps(torch.from_numpy(x), labels, average=average, shift=shift).numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_strided_and_reversed_arrays():
@@ -49,7 +55,9 @@ def test_losses_and_grads_match_torch_autograd(reduction, estimator, with_refere
     else:
         expected = ref.dil(c, r, *refs, estimator=estimator, beta=0.8, reduction=reduction)
         np_refs = [x.numpy() if x is not None else None for x in refs]
-        loss, g_c, g_r = snp.dil_loss(c.detach().numpy(), r.detach().numpy(), *np_refs, estimator=estimator, beta=0.8, reduction=reduction)
+        loss, g_c, g_r = snp.dil_loss(
+            c.detach().numpy(), r.detach().numpy(), *np_refs, estimator=estimator, beta=0.8, reduction=reduction
+        )
     np.testing.assert_allclose(loss, expected.detach().numpy(), rtol=1e-12, atol=1e-12)
     want_c, want_r = torch.autograd.grad(expected.sum(), (c, r))
     np.testing.assert_allclose(g_c, want_c.numpy(), rtol=1e-12, atol=1e-12)
@@ -57,21 +65,71 @@ def test_losses_and_grads_match_torch_autograd(reduction, estimator, with_refere
 
 
 BAD = [
-    ("logits not an array", lambda: snp.token_logps([[[0.0]]], np.zeros((1, 1), np.int64), shift=False), TypeError, "logits must be a numpy.ndarray"),
-    ("logits wrong rank", lambda: snp.token_logps(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64)), ValueError, "3-D"),
-    ("integer logits", lambda: snp.token_logps(np.zeros((1, 2, 3), np.int64), np.zeros((1, 2), np.int64)), TypeError, "float32 or float64"),
-    ("float labels", lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.zeros((1, 2))), TypeError, "labels must be an integer array"),
-    ("labels shape", lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.zeros((1, 3), np.int64)), ValueError, "labels shape"),
-    ("label out of range", lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]])), ValueError, "labels[0, 1] = 3 is outside"),
-    ("empty row", lambda: snp.sequence_logps(np.zeros((1, 2, 3), np.float32), np.array([[0, -100]])), ValueError, "row 0 of labels has no response tokens"),
-    ("shift needs 2", lambda: snp.token_logps(np.zeros((1, 1, 3), np.float32), np.array([[0]])), ValueError, "at least 2 positions"),
+    (
+        "logits not an array",
+        lambda: snp.token_logps([[[0.0]]], np.zeros((1, 1), np.int64), shift=False),
+        TypeError,
+        "logits must be a numpy.ndarray",
+    ),
+    (
+        "logits wrong rank",
+        lambda: snp.token_logps(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64)),
+        ValueError,
+        "3-D",
+    ),
+    (
+        "integer logits",
+        lambda: snp.token_logps(np.zeros((1, 2, 3), np.int64), np.zeros((1, 2), np.int64)),
+        TypeError,
+        "float32 or float64",
+    ),
+    (
+        "float labels",
+        lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.zeros((1, 2))),
+        TypeError,
+        "labels must be an integer array",
+    ),
+    (
+        "labels shape",
+        lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.zeros((1, 3), np.int64)),
+        ValueError,
+        "labels shape",
+    ),
+    (
+        "label out of range",
+        lambda: snp.token_logps(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]])),
+        ValueError,
+        "labels[0, 1] = 3 is outside",
+    ),
+    (
+        "empty row",
+        lambda: snp.sequence_logps(np.zeros((1, 2, 3), np.float32), np.array([[0, -100]])),
+        ValueError,
+        "row 0 of labels has no response tokens",
+    ),
+    (
+        "shift needs 2",
+        lambda: snp.token_logps(np.zeros((1, 1, 3), np.float32), np.array([[0]])),
+        ValueError,
+        "at least 2 positions",
+    ),
     ("unknown estimator", lambda: snp.dil_loss([0.0], [0.0], estimator="x"), ValueError, "estimator must be one of"),
     ("unknown reduction", lambda: snp.simper_loss([0.0], [0.0], reduction="x"), ValueError, "reduction must be one of"),
-    ("length mismatch", lambda: snp.simper_loss([0.0], [0.0, 1.0]), ValueError, "rejected_logps must have the same shape"),
+    (
+        "length mismatch",
+        lambda: snp.simper_loss([0.0], [0.0, 1.0]),
+        ValueError,
+        "rejected_logps must have the same shape",
+    ),
     ("empty", lambda: snp.simper_loss([], []), ValueError, "chosen_logps is empty"),
     ("2-D pairs", lambda: snp.simper_loss([[0.0]], [[0.0]]), ValueError, "chosen_logps must be a 1-D"),
     ("one reference", lambda: snp.dil_loss([0.0], [0.0], [0.0]), ValueError, "given together"),
-    ("reference length", lambda: snp.dil_loss([0.0], [0.0], [0.0, 1.0], [0.0]), ValueError, "ref_chosen_logps must have the same shape"),
+    (
+        "reference length",
+        lambda: snp.dil_loss([0.0], [0.0], [0.0, 1.0], [0.0]),
+        ValueError,
+        "ref_chosen_logps must have the same shape",
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
 """token_logps / sequence_logps against the plain-PyTorch reference of tests/reference.py."""
+
 import pytest
 import torch
 
@@ -59,11 +60,15 @@ def test_non_contiguous_inputs_are_honoured(backend):
     transposed = logits.transpose(0, 1).contiguous().transpose(0, 1)
     for view in (strided, transposed):
         assert not view.is_contiguous()
-        torch.testing.assert_close(simper_rs.sequence_logps(view, labels, backend=backend), ref.sequence_logps(logits, labels))
+        torch.testing.assert_close(
+            simper_rs.sequence_logps(view, labels, backend=backend), ref.sequence_logps(logits, labels)
+        )
     # non-contiguous labels too
     wide_labels = torch.stack([labels, labels], dim=-1)[..., 0]
     assert not wide_labels.is_contiguous()
-    torch.testing.assert_close(simper_rs.sequence_logps(logits, wide_labels, backend=backend), ref.sequence_logps(logits, labels))
+    torch.testing.assert_close(
+        simper_rs.sequence_logps(logits, wide_labels, backend=backend), ref.sequence_logps(logits, labels)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,5 +1,6 @@
 """Padding-free (packed) batches: position_ids restarting at 0 per sequence give the results of
 the padded batch, for the ops, the losses, the collator and a trainer step."""
+
 import pytest
 import torch
 
@@ -57,7 +58,9 @@ def test_sequence_logps_packed_equal_padded(backend, average):
 
 def test_gradcheck_float64_packed():
     _, _, packed, packed_labels, position_ids = padded_and_packed(lengths=[3, 2, 4], vocab=5, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), (packed,))
+    assert torch.autograd.gradcheck(
+        lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), (packed,)
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -67,7 +70,9 @@ def test_linear_sequence_logps_packed_equal_padded(bias):
     weight = torch.randn(13, 6, generator=g, requires_grad=True)
     b = (torch.randn(13, generator=g) * 0.1).requires_grad_() if bias else None
     want = simper_rs.linear_sequence_logps(padded, weight, labels, b)
-    got, stats = simper_rs.linear_sequence_logps_with_stats(packed, weight, packed_labels, b, position_ids=position_ids, chunk_size=4)
+    got, stats = simper_rs.linear_sequence_logps_with_stats(
+        packed, weight, packed_labels, b, position_ids=position_ids, chunk_size=4
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     _, stats_padded = simper_rs.linear_sequence_logps_with_stats(padded, weight, labels, b)
     assert stats == pytest.approx(stats_padded, rel=1e-5)
@@ -79,7 +84,11 @@ def test_linear_sequence_logps_packed_equal_padded(bias):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("loss_fn", [simper_rs.SimPERLoss(), simper_rs.DILLoss("bce"), simper_rs.DILLoss("cpc", beta=0.5)], ids=["simper", "bce", "cpc"])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [simper_rs.SimPERLoss(), simper_rs.DILLoss("bce"), simper_rs.DILLoss("cpc", beta=0.5)],
+    ids=["simper", "bce", "cpc"],
+)
 def test_losses_packed_equal_padded(loss_fn):
     padded, labels, packed, packed_labels, position_ids = padded_and_packed()
     want = loss_fn(padded, labels)
@@ -98,7 +107,11 @@ def test_losses_packed_equal_padded(loss_fn):
         ([[0, 1, 3, 0]], [[-100, 1, 2, -100]], r"position_ids\[0, 2\] = 3 follows 1"),
         ([[0, 1, 1, 2]], [[-100, 1, 2, 3]], r"position_ids\[0, 2\] = 1 follows 1"),
         ([[0, 1, 0, 1]], [[-100, 1, 2, 3]], r"labels\[0, 2\] = 2 is the first token of a packed sequence"),
-        ([[0, 1, 0, 1]], [[-100, 1, -100, -100]], r"packed sequence 1 \(row 0, positions 2..4\) has no response tokens"),
+        (
+            [[0, 1, 0, 1]],
+            [[-100, 1, -100, -100]],
+            r"packed sequence 1 \(row 0, positions 2..4\) has no response tokens",
+        ),
         ([[0, 1, 2]], [[-100, 1, 2, 3]], r"position_ids must have the shape of labels"),
         ([[0.0, 1.0, 0.0, 1.0]], [[-100, 1, -100, 3]], r"position_ids must be an integer tensor"),
     ],
@@ -112,7 +125,9 @@ def test_bad_position_ids_are_clear_errors(position_ids, labels, message):
 
 def test_odd_number_of_packed_sequences_is_refused():
     _, _, packed, packed_labels, position_ids = padded_and_packed(lengths=[3, 4, 5])
-    with pytest.raises(ValueError, match="position_ids hold 3 packed sequences; a \\[chosen; rejected\\] batch needs an even number"):
+    with pytest.raises(
+        ValueError, match="position_ids hold 3 packed sequences; a \\[chosen; rejected\\] batch needs an even number"
+    ):
         simper_rs.SimPERLoss()(packed, packed_labels, position_ids=position_ids)
 
 
@@ -168,7 +183,9 @@ def test_torch_compile_of_the_packed_reduction():
     """The packed path compiles like the per-row one (a clean graph break at the Rust reduction)."""
     _, _, packed, packed_labels, position_ids = padded_and_packed()
     eager = simper_rs.sequence_logps(packed, packed_labels, position_ids=position_ids)
-    compiled = torch.compile(lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), backend="eager")(packed)
+    compiled = torch.compile(
+        lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), backend="eager"
+    )(packed)
     torch.testing.assert_close(compiled, eager)
 
 
@@ -186,7 +203,9 @@ def test_pack_rows_fills_rows_in_order_within_the_budget():
     ]
     assert rows["labels"][0].tolist() == [-100, 7, 7, -100, 7, 7, 7, -100, -100]
     assert rows["input_ids"][2].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0]
-    logps = simper_rs.sequence_logps(torch.zeros(3, 9, 5), rows["labels"].clamp(max=4), position_ids=rows["position_ids"], average=False)
+    logps = simper_rs.sequence_logps(
+        torch.zeros(3, 9, 5), rows["labels"].clamp(max=4), position_ids=rows["position_ids"], average=False
+    )
     assert logps.shape == (5,)  # five sequences: the fill adds none
     with pytest.raises(ValueError, match="max_tokens_per_row must be a positive int and goes with padding_free=True"):
         PreferenceCollator(_Tok(), max_tokens_per_row=8)

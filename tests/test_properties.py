@@ -5,6 +5,7 @@ values and gradients, and the numpy API against the torch API.
 CI runs the bounded "ci" profile; a longer run by hand:
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py
 """
+
 import os
 
 import numpy as np
@@ -95,7 +96,9 @@ pair_values = st.lists(st.floats(-30.0, 5.0, allow_nan=False), min_size=1, max_s
 )
 def test_losses_values_and_grads(data, loss, reduction, with_reference, beta, dtype):
     n = data.draw(st.integers(1, 6))
-    draw = lambda: torch.tensor(data.draw(st.lists(st.floats(-30.0, 0.0, allow_nan=False), min_size=n, max_size=n)), dtype=torch.float64)
+    draw = lambda: torch.tensor(
+        data.draw(st.lists(st.floats(-30.0, 0.0, allow_nan=False), min_size=n, max_size=n)), dtype=torch.float64
+    )
     chosen, rejected = draw().to(dtype).requires_grad_(), draw().to(dtype).requires_grad_()
     # The reference in float64 on the same (rounded) values, with its own leaves.
     c64, r64 = chosen.detach().double().requires_grad_(), rejected.detach().double().requires_grad_()
@@ -103,12 +106,21 @@ def test_losses_values_and_grads(data, loss, reduction, with_reference, beta, dt
     if loss == "simper":
         ours = simper_rs.simper_loss(chosen, rejected, reduction=reduction)
         theirs = ref.simper(c64, r64, reduction)
-        np_out = snp.simper_loss(chosen.detach().double().numpy(), rejected.detach().double().numpy(), reduction=reduction)
+        np_out = snp.simper_loss(
+            chosen.detach().double().numpy(), rejected.detach().double().numpy(), reduction=reduction
+        )
     else:
         ours = simper_rs.dil_loss(chosen, rejected, *refs, estimator=loss, beta=beta, reduction=reduction)
         theirs = ref.dil(c64, r64, *refs, estimator=loss, beta=beta, reduction=reduction)
         np_refs = [r.numpy() if r is not None else None for r in refs]
-        np_out = snp.dil_loss(chosen.detach().double().numpy(), rejected.detach().double().numpy(), *np_refs, estimator=loss, beta=beta, reduction=reduction)
+        np_out = snp.dil_loss(
+            chosen.detach().double().numpy(),
+            rejected.detach().double().numpy(),
+            *np_refs,
+            estimator=loss,
+            beta=beta,
+            reduction=reduction,
+        )
     finite = torch.isfinite(theirs).all()
     if finite and theirs.abs().max() < 1e30:
         torch.testing.assert_close(ours.double(), theirs, rtol=1e-5, atol=1e-6)
@@ -116,7 +128,9 @@ def test_losses_values_and_grads(data, loss, reduction, with_reference, beta, dt
         g_ours = torch.autograd.grad(ours.sum(), (chosen, rejected))
         g_ref = torch.autograd.grad(theirs.sum(), (c64, r64))
         for a, b, c in zip(g_ours, g_ref, np_out[1:]):
-            torch.testing.assert_close(a.double(), b.to(a.dtype).double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                a.double(), b.to(a.dtype).double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6
+            )
             np.testing.assert_allclose(c, b.numpy(), rtol=1e-9, atol=1e-12)
     assert not ours.isnan().any()
 

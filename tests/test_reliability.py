@@ -1,4 +1,5 @@
 """Reliability: memory stability, determinism, numerics at the extremes, thread control."""
+
 import os
 import subprocess
 import sys

@@ -1,12 +1,13 @@
 """PreferenceTrainer and preference_loss on the tiny offline model."""
+
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
 import simper_rs  # noqa: E402
-from simper_rs.data import PreferenceCollator, load_default_data  # noqa: E402
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.data import PreferenceCollator, load_default_data  # noqa: E402
 from simper_rs.trainer import PreferenceTrainer, make_loss, preference_loss  # noqa: E402
 
 
@@ -20,8 +21,16 @@ def setup():
 
 def args(tmp_path, **kw):
     base = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-3,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
     )
     base.update(kw)
     return transformers.TrainingArguments(**base)
@@ -50,10 +59,14 @@ def test_reference_model_and_precomputed_reference_agree(setup):
     records = data["train"][:3]
     batch = collator(records)
     with torch.no_grad():
-        ref = simper_rs.sequence_logps(reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        ref = simper_rs.sequence_logps(
+            reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
     loss_fn = make_loss("dil", "lsif")
     with_model = preference_loss(model, batch, loss_fn, ref_model=reference)
-    precomputed = collator([dict(r, ref_chosen_logps=float(c), ref_rejected_logps=float(j)) for r, c, j in zip(records, ref[:3], ref[3:])])
+    precomputed = collator(
+        [dict(r, ref_chosen_logps=float(c), ref_rejected_logps=float(j)) for r, c, j in zip(records, ref[:3], ref[3:])]
+    )
     with_columns = preference_loss(model, precomputed, loss_fn)
     torch.testing.assert_close(with_model.loss, with_columns.loss)
 
@@ -86,9 +99,18 @@ def test_trainer_trains_and_logs_trl_metrics(setup, tmp_path, options, fused_lin
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     logs = trainer.state.log_history
-    train_logs = [l for l in logs if "loss" in l]
-    eval_logs = [l for l in logs if "eval_loss" in l]
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "entropy", "mean_token_accuracy"):
+    train_logs = [row for row in logs if "loss" in row]
+    eval_logs = [row for row in logs if "eval_loss" in row]
+    for name in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "entropy",
+        "mean_token_accuracy",
+    ):
         assert name in train_logs[-1], name
         assert "eval_" + name in eval_logs[-1], name
 

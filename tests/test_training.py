@@ -1,4 +1,5 @@
 """A small causal LM trained with SimPERLoss on generated preference data improves its margin."""
+
 import os
 import sys
 

@@ -1,6 +1,7 @@
 """Logit transforms in every fused op: a scale (a number, a scalar tensor, one per vocabulary entry,
 learnable) and a softcap c·tanh(z/c), against plain PyTorch written here: log_softmax of the
 transformed logits, gradients by autograd through the transform."""
+
 import pytest
 import torch
 
@@ -65,7 +66,8 @@ def test_gradcheck_float64(transform):
     assert torch.autograd.gradcheck(lambda x: simper_rs.sequence_logps(x, labels, **transform), (logits,))
     hidden, weight, b, labels = linear_batch(pairs=1, seq_len=4, hidden_size=3, vocab=5, dtype=torch.float64, seed=2)
     assert torch.autograd.gradcheck(
-        lambda h, w, bb: simper_rs.linear_sequence_logps(h, w, labels, bb, chunk_size=2, **transform), (hidden, weight, b)
+        lambda h, w, bb: simper_rs.linear_sequence_logps(h, w, labels, bb, chunk_size=2, **transform),
+        (hidden, weight, b),
     )
 
 
@@ -80,7 +82,7 @@ def materialised_linear(hidden, weight, bias, labels, logit_scale=None, logit_so
 
 
 SCALE_TENSORS = {
-    "per vocabulary entry": lambda vocab, g: (0.5 + torch.rand(vocab, generator=g, dtype=torch.float64)),
+    "per vocabulary entry": lambda vocab, g: 0.5 + torch.rand(vocab, generator=g, dtype=torch.float64),
     "one number": lambda vocab, g: torch.tensor([1.7], dtype=torch.float64),
     "0-dim": lambda vocab, g: torch.tensor(0.8, dtype=torch.float64),
 }
@@ -106,12 +108,18 @@ def test_fused_linear_op_with_a_constant_transform(transform, chunk_size, bias):
 def test_a_learnable_scale_tensor_gets_its_gradient(kind, softcap, bias):
     hidden, weight, b, labels = linear_batch(pairs=2, seq_len=6, vocab=23, bias=bias, seed=8)
     scale = SCALE_TENSORS[kind](23, torch.Generator().manual_seed(1)).float().requires_grad_()
-    got = simper_rs.linear_sequence_logps(hidden, weight, labels, b, chunk_size=4, logit_scale=scale, logit_softcap=softcap)
+    got = simper_rs.linear_sequence_logps(
+        hidden, weight, labels, b, chunk_size=4, logit_scale=scale, logit_softcap=softcap
+    )
     want = materialised_linear(hidden, weight, b, labels, logit_scale=scale, logit_softcap=softcap)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     params = [hidden, weight, scale] + ([b] if bias else [])
     upstream = torch.randn_like(want)
-    for name, g_got, g_want in zip(["hidden", "weight", "scale", "bias"], torch.autograd.grad(got, params, upstream), torch.autograd.grad(want, params, upstream)):
+    for name, g_got, g_want in zip(
+        ["hidden", "weight", "scale", "bias"],
+        torch.autograd.grad(got, params, upstream),
+        torch.autograd.grad(want, params, upstream),
+    ):
         assert g_got.shape == g_want.shape, name
         torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -120,12 +128,18 @@ def test_gradcheck_of_a_learnable_scale_in_float64():
     hidden, weight, b, labels = linear_batch(pairs=1, seq_len=4, hidden_size=3, vocab=5, dtype=torch.float64, seed=3)
     scale = (0.5 + torch.rand(5, dtype=torch.float64)).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda h, w, bb, s: simper_rs.linear_sequence_logps(h, w, labels, bb, chunk_size=2, logit_scale=s, logit_softcap=2.0),
+        lambda h, w, bb, s: simper_rs.linear_sequence_logps(
+            h, w, labels, bb, chunk_size=2, logit_scale=s, logit_softcap=2.0
+        ),
         (hidden, weight, b, scale),
     )
 
 
-LOSSES = {"simper": lambda: simper_rs.SimPERLoss(), "cpc": lambda: simper_rs.DILLoss("cpc", beta=0.7), "bce": lambda: simper_rs.DILLoss("bce")}
+LOSSES = {
+    "simper": lambda: simper_rs.SimPERLoss(),
+    "cpc": lambda: simper_rs.DILLoss("cpc", beta=0.7),
+    "bce": lambda: simper_rs.DILLoss("bce"),
+}
 
 
 def reference_pair_loss(name, logps):
@@ -141,9 +155,17 @@ def reference_pair_loss(name, logps):
 def test_gradient_in_forward_losses_take_the_transform(name, scale, dtype):
     hidden, weight, b, labels = linear_batch(pairs=3, seq_len=7, vocab=31, dtype=dtype, seed=9)
     weight = (weight.detach() * 5).requires_grad_()
-    logit_scale = 0.7 if scale == "number" else (0.5 + torch.rand(31, generator=torch.Generator().manual_seed(2))).to(dtype).requires_grad_()
-    out = LOSSES[name]()(hidden=hidden, lm_head_weight=weight, lm_head_bias=b, labels=labels, logit_scale=logit_scale, logit_softcap=2.0)
-    want = reference_pair_loss(name, materialised_linear(hidden, weight, b, labels, logit_scale=logit_scale, logit_softcap=2.0))
+    logit_scale = (
+        0.7
+        if scale == "number"
+        else (0.5 + torch.rand(31, generator=torch.Generator().manual_seed(2))).to(dtype).requires_grad_()
+    )
+    out = LOSSES[name]()(
+        hidden=hidden, lm_head_weight=weight, lm_head_bias=b, labels=labels, logit_scale=logit_scale, logit_softcap=2.0
+    )
+    want = reference_pair_loss(
+        name, materialised_linear(hidden, weight, b, labels, logit_scale=logit_scale, logit_softcap=2.0)
+    )
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(out.loss.float(), want.float(), **tol)
     params = [hidden, weight, b] + ([logit_scale] if scale == "tensor" else [])
@@ -154,10 +176,17 @@ def test_gradient_in_forward_losses_take_the_transform(name, scale, dtype):
 def test_a_second_backward_through_the_gradient_in_forward_loss_keeps_the_scale_gradient():
     hidden, weight, b, labels = linear_batch(pairs=2, seq_len=6, vocab=13, seed=4)
     scale = (0.5 + torch.rand(13)).requires_grad_()
-    out = simper_rs.SimPERLoss()(hidden=hidden, lm_head_weight=weight, lm_head_bias=b, labels=labels, logit_scale=scale, logit_softcap=2.0)
+    out = simper_rs.SimPERLoss()(
+        hidden=hidden, lm_head_weight=weight, lm_head_bias=b, labels=labels, logit_scale=scale, logit_softcap=2.0
+    )
     first = torch.autograd.grad(out.loss, [scale], retain_graph=True)[0]
     second = torch.autograd.grad(out.loss, [scale])[0]  # the recomputing path
-    want = torch.autograd.grad(reference_pair_loss("simper", materialised_linear(hidden, weight, b, labels, logit_scale=scale, logit_softcap=2.0)), [scale])[0]
+    want = torch.autograd.grad(
+        reference_pair_loss(
+            "simper", materialised_linear(hidden, weight, b, labels, logit_scale=scale, logit_softcap=2.0)
+        ),
+        [scale],
+    )[0]
     torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-6)
 
@@ -172,12 +201,36 @@ def test_bfloat16_softcap_matches_float32_reference_within_bfloat16_rounding():
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda l, y: simper_rs.token_logps(l, y, logit_softcap=0.0), ValueError, "logit_softcap must be a positive finite number, got 0"),
-        (lambda l, y: simper_rs.token_logps(l, y, logit_softcap=-2.0), ValueError, "logit_softcap must be a positive finite number"),
-        (lambda l, y: simper_rs.token_logps(l, y, logit_scale=float("nan")), ValueError, "logit_scale must be a finite number"),
-        (lambda l, y: simper_rs.token_logps(l, y, logit_scale="2"), TypeError, "logit_scale must be a number or None, got str"),
-        (lambda l, y: simper_rs.token_logps(l, y, logit_scale=torch.tensor(2.0)), TypeError, "logit_scale of the logits ops is a number"),
-        (lambda l, y: simper_rs.sequence_logps(l, y, logit_softcap=True), TypeError, "logit_softcap must be a number or None, got bool"),
+        (
+            lambda logits, y: simper_rs.token_logps(logits, y, logit_softcap=0.0),
+            ValueError,
+            "logit_softcap must be a positive finite number, got 0",
+        ),
+        (
+            lambda logits, y: simper_rs.token_logps(logits, y, logit_softcap=-2.0),
+            ValueError,
+            "logit_softcap must be a positive finite number",
+        ),
+        (
+            lambda logits, y: simper_rs.token_logps(logits, y, logit_scale=float("nan")),
+            ValueError,
+            "logit_scale must be a finite number",
+        ),
+        (
+            lambda logits, y: simper_rs.token_logps(logits, y, logit_scale="2"),
+            TypeError,
+            "logit_scale must be a number or None, got str",
+        ),
+        (
+            lambda logits, y: simper_rs.token_logps(logits, y, logit_scale=torch.tensor(2.0)),
+            TypeError,
+            "logit_scale of the logits ops is a number",
+        ),
+        (
+            lambda logits, y: simper_rs.sequence_logps(logits, y, logit_softcap=True),
+            TypeError,
+            "logit_softcap must be a number or None, got bool",
+        ),
     ],
 )
 def test_bad_transform_arguments_are_refused_by_name(call, error, message):
@@ -189,7 +242,11 @@ def test_bad_transform_arguments_are_refused_by_name(call, error, message):
 @pytest.mark.parametrize(
     "scale, error, message",
     [
-        (torch.ones(4), ValueError, r"a logit_scale tensor must hold one number or one per vocabulary entry \(\[23\]\), got shape \[4\]"),
+        (
+            torch.ones(4),
+            ValueError,
+            r"a logit_scale tensor must hold one number or one per vocabulary entry \(\[23\]\), got shape \[4\]",
+        ),
         (torch.ones(23, dtype=torch.long), TypeError, "logit_scale must be a floating-point tensor"),
     ],
 )

@@ -1,4 +1,5 @@
 """simper_rs.trl: SimPER and DIL inside TRL's DPOTrainer, against plain-PyTorch references."""
+
 import os
 import re
 import subprocess
@@ -11,14 +12,14 @@ import torch
 pytest.importorskip("trl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import reference  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
+import reference  # noqa: E402
 import simper_rs.integrations.trl as strl  # noqa: E402  (the implementation, whose release switches the tests check)
-from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.trl import DILConfig, DILTrainer, SimPERConfig, SimPERTrainer  # noqa: E402
 
 CHAT_TEMPLATE = (
@@ -30,7 +31,10 @@ WORKER = str(Path(__file__).with_name("trl_worker.py"))
 
 def text_records(n, start=0):
     # TRL concatenates prompt and completion strings: a leading space keeps the word boundary.
-    return [dict(r, chosen=" " + r["chosen"], rejected=" " + r["rejected"]) for r in load_default_data()["train"][start : start + n]]
+    return [
+        dict(r, chosen=" " + r["chosen"], rejected=" " + r["rejected"])
+        for r in load_default_data()["train"][start : start + n]
+    ]
 
 
 def chat_records(n):
@@ -54,9 +58,18 @@ def tokenizer():
 
 def config(tmp_path, cls=SimPERConfig, **kw):
     base = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-3,
-        train_sampling_strategy="sequential", bf16=False,  # TRL's default is bf16 autocast; compare in float32
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+        train_sampling_strategy="sequential",
+        bf16=False,  # TRL's default is bf16 autocast; compare in float32
     )
     base.update(kw)
     return cls(**base)
@@ -78,7 +91,9 @@ def reference_average_logps(model, batch):
 def test_simper_first_batch_loss_equals_plain_pytorch(tmp_path, tokenizer, records, fused_linear):
     model = build_tiny_model(tokenizer, seed=3)
     trainer = SimPERTrainer(
-        model=model, args=config(tmp_path, use_fused_linear=fused_linear), train_dataset=Dataset.from_list(records(8)),
+        model=model,
+        args=config(tmp_path, use_fused_linear=fused_linear),
+        train_dataset=Dataset.from_list(records(8)),
         processing_class=tokenizer,
     )
     batch = first_batch(trainer)
@@ -128,8 +143,11 @@ def test_dil_first_batch_loss_equals_plain_pytorch(tmp_path, tokenizer, estimato
     if reference_mode == "precompute":
         options["precompute_ref_log_probs"] = True
     trainer = DILTrainer(
-        model=model, ref_model=None if reference_mode == "free" else ref_model, args=config(tmp_path, DILConfig, **options),
-        train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
+        model=model,
+        ref_model=None if reference_mode == "free" else ref_model,
+        args=config(tmp_path, DILConfig, **options),
+        train_dataset=Dataset.from_list(text_records(8)),
+        processing_class=tokenizer,
     )
     batch = first_batch(trainer)
     loss = trainer.compute_loss(trainer.model, batch)
@@ -151,8 +169,11 @@ def test_dil_peft_reference_is_the_adapter_disabled_model(tmp_path, tokenizer):
     base_copy = build_tiny_model(tokenizer, seed=3)
     lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     trainer = DILTrainer(
-        model=model, args=config(tmp_path, DILConfig, reference_free=False), train_dataset=Dataset.from_list(text_records(8)),
-        processing_class=tokenizer, peft_config=lora,
+        model=model,
+        args=config(tmp_path, DILConfig, reference_free=False),
+        train_dataset=Dataset.from_list(text_records(8)),
+        processing_class=tokenizer,
+        peft_config=lora,
     )
     assert trainer.ref_model is None
     batch = first_batch(trainer)
@@ -167,8 +188,17 @@ def test_dil_peft_reference_is_the_adapter_disabled_model(tmp_path, tokenizer):
 
 
 TRL_METRICS = {
-    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected",
-    "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "entropy",
+    "mean_token_accuracy",
+    "num_tokens",
 }
 
 
@@ -177,8 +207,19 @@ def test_train_and_eval_log_trl_metric_names(tmp_path, tokenizer, trainer_class)
     cls = SimPERConfig if trainer_class is SimPERTrainer else DILConfig
     trainer = trainer_class(
         model=build_tiny_model(tokenizer),
-        args=config(tmp_path, cls, max_steps=3, eval_strategy="steps", eval_steps=3, bf16=True, save_strategy="steps", save_steps=3),
-        train_dataset=text_records(12), eval_dataset=text_records(8, start=100), processing_class=tokenizer,
+        args=config(
+            tmp_path,
+            cls,
+            max_steps=3,
+            eval_strategy="steps",
+            eval_steps=3,
+            bf16=True,
+            save_strategy="steps",
+            save_steps=3,
+        ),
+        train_dataset=text_records(12),
+        eval_dataset=text_records(8, start=100),
+        processing_class=tokenizer,
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
@@ -210,14 +251,27 @@ def test_precomputed_reference_averages_never_reuse_dpo_sums(tmp_path, tokenizer
     # installed (and fails; 1.16 checks the device), so there DPO's half of this cannot run.
     dpo_runs = trl.__version__.split(".")[:2] != ["1", "15"] or not _triton_installed()
     dpo = dpo_runs and trl.DPOTrainer(
-        model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model,
-        args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], train_sampling_strategy="sequential",
-                           per_device_train_batch_size=4, max_length=None, **common),
-        train_dataset=dataset, processing_class=tokenizer,
+        model=build_tiny_model(tokenizer, seed=3),
+        ref_model=ref_model,
+        args=trl.DPOConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            report_to=[],
+            train_sampling_strategy="sequential",
+            per_device_train_batch_size=4,
+            max_length=None,
+            **common,
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     dil = DILTrainer(
-        model=build_tiny_model(tokenizer, seed=3), ref_model=ref_model, args=config(tmp_path, DILConfig, reference_free=False, max_length=None, **common),
-        train_dataset=dataset, processing_class=tokenizer,
+        model=build_tiny_model(tokenizer, seed=3),
+        ref_model=ref_model,
+        args=config(tmp_path, DILConfig, reference_free=False, max_length=None, **common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     averages = first_batch(dil)["ref_chosen_logps"]
     with torch.no_grad():
@@ -245,19 +299,29 @@ def test_simper_never_builds_or_runs_a_reference_model(tmp_path, tokenizer, monk
     model.config._name_or_path = "/nonexistent/model/dir"  # built in memory: nothing to reload
     calls = []
     model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    trainer = SimPERTrainer(model=model, args=config(tmp_path, max_steps=2), train_dataset=text_records(8), processing_class=tokenizer)
+    trainer = SimPERTrainer(
+        model=model, args=config(tmp_path, max_steps=2), train_dataset=text_records(8), processing_class=tokenizer
+    )
     assert trainer.ref_model is None
     trainer.train()
     assert len(calls) == 2  # one forward per step: the policy's; no reference forward
     with pytest.raises(ValueError, match="uses no reference model"):
-        SimPERTrainer(model=model, ref_model=build_tiny_model(tokenizer), args=config(tmp_path), train_dataset=text_records(8), processing_class=tokenizer)
+        SimPERTrainer(
+            model=model,
+            ref_model=build_tiny_model(tokenizer),
+            args=config(tmp_path),
+            train_dataset=text_records(8),
+            processing_class=tokenizer,
+        )
 
 
 def test_the_model_keeps_its_own_forward_and_generation(tmp_path, tokenizer):
     model = build_tiny_model(tokenizer)
     ids = torch.tensor([[tokenizer.bos_token_id, 5, 6, 7]])
     before = model(input_ids=ids).logits
-    trainer = SimPERTrainer(model=model, args=config(tmp_path), train_dataset=text_records(8), processing_class=tokenizer)
+    trainer = SimPERTrainer(
+        model=model, args=config(tmp_path), train_dataset=text_records(8), processing_class=tokenizer
+    )
     torch.testing.assert_close(trainer.model(input_ids=ids).logits, before)
     assert trainer.model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, 6)
 
@@ -291,19 +355,45 @@ def test_configs_accept_what_applies(tmp_path):
 def test_bad_trainer_arguments(tmp_path, tokenizer):
     model = build_tiny_model(tokenizer)
     with pytest.raises(TypeError, match="args must be a simper_rs.trl.SimPERConfig, got DPOConfig"):
-        SimPERTrainer(model=model, args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True), train_dataset=text_records(4), processing_class=tokenizer)
+        SimPERTrainer(
+            model=model,
+            args=trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True),
+            train_dataset=text_records(4),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="reference-free"):
-        DILTrainer(model=model, ref_model=build_tiny_model(tokenizer), args=config(tmp_path, DILConfig), train_dataset=text_records(4), processing_class=tokenizer)
+        DILTrainer(
+            model=model,
+            ref_model=build_tiny_model(tokenizer),
+            args=config(tmp_path, DILConfig),
+            train_dataset=text_records(4),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="not a Mixture-of-Experts model"):
-        SimPERTrainer(model=model, args=config(tmp_path, router_aux_loss_coef=0.1), train_dataset=text_records(4), processing_class=tokenizer)
+        SimPERTrainer(
+            model=model,
+            args=config(tmp_path, router_aux_loss_coef=0.1),
+            train_dataset=text_records(4),
+            processing_class=tokenizer,
+        )
 
 
 def tiny_mixtral(tokenizer, coef):
     torch.manual_seed(0)
     config = transformers.MixtralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=coef, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=coef,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return transformers.MixtralForCausalLM(config)
 
@@ -313,8 +403,10 @@ def tiny_mixtral(tokenizer, coef):
 def test_mixture_of_experts_trains_with_trls_router_loss(tmp_path, tokenizer, fused_linear, coef):
     model = tiny_mixtral(tokenizer, coef=0.02)
     trainer = SimPERTrainer(
-        model=model, args=config(tmp_path, use_fused_linear=fused_linear, router_aux_loss_coef=coef),
-        train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
+        model=model,
+        args=config(tmp_path, use_fused_linear=fused_linear, router_aux_loss_coef=coef),
+        train_dataset=Dataset.from_list(text_records(8)),
+        processing_class=tokenizer,
     )
     batch = first_batch(trainer)
     loss = trainer.compute_loss(trainer.model, batch)
@@ -335,7 +427,13 @@ def test_mixture_of_experts_trains_with_trls_router_loss(tmp_path, tokenizer, fu
 @pytest.mark.parametrize("release", ["1.13.0", "1.17.0", "2.0.0"])
 def test_unsupported_trl_release_is_a_clear_import_error(monkeypatch, release):
     monkeypatch.setattr(trl, "__version__", release)
-    with pytest.raises(ImportError, match=rf'TRL >=1.14,<1.17 .*but TRL {re.escape(release)} is installed: pip install "simper_rs\[trl\]" \(trl>=1.14,<1.17 with transformers>=5.20\)'):
+    with pytest.raises(
+        ImportError,
+        match=(
+            rf"TRL >=1.14,<1.17 .*but TRL {re.escape(release)} is installed: "
+            r'pip install "simper_rs\[trl\]" \(trl>=1.14,<1.17 with transformers>=5.20\)'
+        ),
+    ):
         strl._import_trl()
     monkeypatch.setitem(sys.modules, "trl", None)
     with pytest.raises(ImportError, match=r'needs TRL: pip install "simper_rs\[trl\]"'):
@@ -352,7 +450,10 @@ def test_transformers_older_than_tested_is_a_clear_import_error(monkeypatch):
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", "5.19.0")
-    with pytest.raises(ImportError, match=r"supports transformers >=5.20 \(with TRL >=1.14,<1.17\), but transformers 5.19.0 is installed"):
+    with pytest.raises(
+        ImportError,
+        match=r"supports transformers >=5.20 \(with TRL >=1.14,<1.17\), but transformers 5.19.0 is installed",
+    ):
         strl._import_trl()
 
 
@@ -369,13 +470,26 @@ def test_trl_release_differences_follow_the_installed_trl(tmp_path, tokenizer):
     if strl._TRL_1_15:
         strl._check_release_options(args)  # only Liger's layer kernels there
     else:
-        with pytest.raises(ValueError, match="use_liger_kernel=True: on TRL 1.14 it routes the loss through TRL's chunked"):
-            SimPERTrainer(model=build_tiny_model(tokenizer), args=args, train_dataset=text_records(4), processing_class=tokenizer)
+        with pytest.raises(
+            ValueError, match="use_liger_kernel=True: on TRL 1.14 it routes the loss through TRL's chunked"
+        ):
+            SimPERTrainer(
+                model=build_tiny_model(tokenizer), args=args, train_dataset=text_records(4), processing_class=tokenizer
+            )
 
 
 def run_worker(args, out, fused, zero3=False):
-    env = {**os.environ, "FUSED_LINEAR": "1" if fused else "0", "ZERO3": "1" if zero3 else "0", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "SIMPER_RS_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "FUSED_LINEAR": "1" if fused else "0",
+        "ZERO3": "1" if zero3 else "0",
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "SIMPER_RS_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, *args, WORKER, str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 
@@ -400,7 +514,9 @@ def test_deepspeed_zero3_through_accelerate_matches_one_process(tmp_path, fused)
     """SimPERTrainer under DeepSpeed ZeRO-3 (CPU accelerator, gloo, every parameter partitioned):
     the SGD step (learning rate 1, so minus the gradient) of every parameter equals one process's."""
     pytest.importorskip("deepspeed")
-    two = run_worker(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path / "two.pt", fused, zero3=True)
+    two = run_worker(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path / "two.pt", fused, zero3=True
+    )
     one = run_worker([], tmp_path / "one.pt", fused, zero3=True)
     assert two["world"] == 2 and one["world"] == 1 and len(one["grads"]) == len(two["grads"]) > 0
     for name, step in one["grads"].items():
@@ -419,8 +535,10 @@ def test_padding_free_equals_padded(tmp_path, tokenizer, fused_linear, rows):
         model = build_tiny_model(tokenizer, seed=3)
         packing = dict(padding_free=True, max_tokens_per_row=rows) if padding_free else {}
         trainer = SimPERTrainer(
-            model=model, args=config(tmp_path, use_fused_linear=fused_linear, max_length=24, truncation_mode="keep_end", **packing),
-            train_dataset=Dataset.from_list(text_records(8)), processing_class=tokenizer,
+            model=model,
+            args=config(tmp_path, use_fused_linear=fused_linear, max_length=24, truncation_mode="keep_end", **packing),
+            train_dataset=Dataset.from_list(text_records(8)),
+            processing_class=tokenizer,
         )
         batch = first_batch(trainer)
         assert ("position_ids" in batch) == padding_free

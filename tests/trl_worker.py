@@ -10,6 +10,7 @@ SGD with learning rate 1 (minus the gradient) in place of the gradient, in both 
 Rank 0 saves every parameter's gradient (after the all-reduce, before the optimizer step) and
 the logged metrics.
 """
+
 import os
 import sys
 
@@ -18,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
+from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.trl import SimPERConfig, SimPERTrainer  # noqa: E402
 
 GLOBAL_PAIRS = 8
@@ -56,13 +57,24 @@ def main(out_path: str) -> None:
         engine.update(optim="sgd", learning_rate=1.0, weight_decay=0.0)
     if zero3 and world > 1:  # DeepSpeed ZeRO-3 through Accelerate, every parameter partitioned
         engine["deepspeed"] = {
-            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "zero_allow_untested_optimizer": True,
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "zero_allow_untested_optimizer": True,
             "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
         }
     args = SimPERConfig(
-        output_dir=os.path.dirname(out_path), per_device_train_batch_size=GLOBAL_PAIRS // world, max_steps=1,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-        max_grad_norm=0.0, train_sampling_strategy="sequential", bf16=False, use_fused_linear=os.environ.get("FUSED_LINEAR") == "1",
+        output_dir=os.path.dirname(out_path),
+        per_device_train_batch_size=GLOBAL_PAIRS // world,
+        max_steps=1,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
+        bf16=False,
+        use_fused_linear=os.environ.get("FUSED_LINEAR") == "1",
         **{"learning_rate": 1e-3, **engine},
     )
     keep = KeepGradients()
@@ -75,8 +87,15 @@ def main(out_path: str) -> None:
         keep.grads = {n: before[n] - full for n, full in _full_parameters(trainer).items()}
         scales = {n: w.abs().max().item() for n, w in before.items()}  # the step is exact to float32 ulps of w
     if trainer.accelerator.is_main_process:
-        metrics = {k: v for k, v in trainer.state.log_history[0].items() if "/" in k or k in ("entropy", "mean_token_accuracy", "num_tokens", "loss")}
-        torch.save({"world": trainer.accelerator.num_processes, "grads": keep.grads, "scales": scales, "metrics": metrics}, out_path)
+        metrics = {
+            k: v
+            for k, v in trainer.state.log_history[0].items()
+            if "/" in k or k in ("entropy", "mean_token_accuracy", "num_tokens", "loss")
+        }
+        torch.save(
+            {"world": trainer.accelerator.num_processes, "grads": keep.grads, "scales": scales, "metrics": metrics},
+            out_path,
+        )
     trainer.accelerator.wait_for_everyone()
 
 

@@ -8,14 +8,15 @@ PATH: trainer (simper_rs.trainer.preference_loss, fused linear) or trl (add_logp
 model forward simper_rs.trl uses). Every parameter is partitioned (no persistence threshold), so
 lm_head.weight is empty outside the lm_head's forward. Rank 0 saves the full gradients.
 """
+
 import os
 import sys
 
 import torch
 
 from fsdp_worker import GLOBAL_PAIRS, loss_of
-from simper_rs.data import PreferenceCollator, load_default_data
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer
+from simper_rs.data import PreferenceCollator, load_default_data
 
 
 def main(path, out_path):
@@ -41,7 +42,9 @@ def main(path, out_path):
         assert model.module.lm_head.weight.numel() == 0  # partitioned outside its forward
     records = data["train"][:GLOBAL_PAIRS]
     per_rank = GLOBAL_PAIRS // world
-    batch = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)(records[rank * per_rank : (rank + 1) * per_rank])
+    batch = PreferenceCollator(tokenizer, max_length=32, max_prompt_length=16)(
+        records[rank * per_rank : (rank + 1) * per_rank]
+    )
     loss = loss_of(model, batch, path)
     if distributed:
         from deepspeed.utils import safe_get_full_grad

@@ -6,6 +6,7 @@ Quick start::
     out = simper_rs.SimPERLoss()(model(input_ids).logits, labels)   # [chosen; rejected] batch
     out.loss.backward(); print(out.metrics)
 """
+
 import torch as _torch  # libtorch must be loaded before the extension that links it
 
 from . import _torch_version
@@ -17,6 +18,8 @@ except ImportError as _error:  # e.g. undefined libtorch symbols: built for anot
 
 # The extension records the torch it was compiled against; refuse any other release.
 _torch_version.check_torch_version(_torch.__version__, built_for=_core.TORCH_VERSION)
+from . import numpy  # noqa: E402  (simper_rs.numpy: the same kernels on numpy arrays)
+from .cuda_check import CudaCheckResult, cuda_self_check  # noqa: E402
 from .losses import (  # noqa: E402
     ESTIMATORS,
     DILLoss,
@@ -35,8 +38,6 @@ from .ops import (  # noqa: E402
     sequence_logps_with_stats,
     token_logps,
 )
-from .cuda_check import CudaCheckResult, cuda_self_check  # noqa: E402
-from . import numpy  # noqa: E402  (simper_rs.numpy: the same kernels on numpy arrays)
 
 __version__ = _core.__version__
 
@@ -55,6 +56,7 @@ __all__ = [
     "DILLoss",
     "PreferenceLossOutput",
     "ESTIMATORS",
+    "numpy",
     "cuda_self_check",
     "CudaCheckResult",
     "__version__",

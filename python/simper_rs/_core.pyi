@@ -1,4 +1,5 @@
 """Type stubs for the Rust extension ``simper_rs._core`` (use the public API in ``simper_rs``)."""
+
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -44,9 +45,12 @@ TORCH_VERSION: str
 ESTIMATORS: List[str]
 
 def check_dil_options(estimator: str, beta: float) -> None: ...
-
 def check_logps_inputs(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    require_tokens: bool = False,
 ) -> None: ...
 def token_logps_torch(
     logits: torch.Tensor,
@@ -60,7 +64,11 @@ def reduce_sequence_logps(
     token_logps: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True, average: bool = True
 ) -> torch.Tensor: ...
 def check_packed_inputs(
-    labels: torch.Tensor, position_ids: torch.Tensor, ignore_index: int = -100, shift: bool = True, require_tokens: bool = False
+    labels: torch.Tensor,
+    position_ids: torch.Tensor,
+    ignore_index: int = -100,
+    shift: bool = True,
+    require_tokens: bool = False,
 ) -> int: ...
 def reduce_packed_logps(
     token_logps: torch.Tensor,
@@ -118,7 +126,9 @@ def fused_token_logps_backward(
 ) -> torch.Tensor: ...
 def kernel_threads() -> int: ...
 def cpu_kernel_path() -> str: ...
-def numpy_token_logps(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100, shift: bool = True) -> np.ndarray: ...
+def numpy_token_logps(
+    logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100, shift: bool = True
+) -> np.ndarray: ...
 def numpy_sequence_logps(
     logits: np.ndarray, labels: np.ndarray, average: bool = True, ignore_index: int = -100, shift: bool = True
 ) -> np.ndarray: ...

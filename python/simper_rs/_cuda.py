@@ -5,6 +5,7 @@ The CUDA build of torch brings NVRTC as a pip package (``nvidia-cuda-nvrtc``, un
 ``site-packages/nvidia/.../lib``); it is not on the loader's search path, so it is loaded here
 by path (RTLD_GLOBAL), after which the Rust side's dlopen by name finds it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -35,7 +36,9 @@ def load_nvrtc() -> Optional[str]:
     candidates = []
     for entry in sys.path:
         candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib", "libnvrtc.so.*")), reverse=True)
-        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*")), reverse=True)
+        candidates += sorted(
+            glob.glob(os.path.join(entry, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*")), reverse=True
+        )
     candidates = [c for c in candidates if "builtins" not in c and ".alt." not in c]
     candidates += ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
     for path in candidates:

@@ -11,12 +11,12 @@ with the package metadata's torch requirement (a wheel built by the build backen
 (dist/torch-2.N-cpXY of scripts/build_torch.sh) may run beside an installed simper_rs built for
 another torch.
 """
+
 from __future__ import annotations
 
 import re
 from importlib import metadata
 from typing import Optional
-
 
 # The torch releases a source build supports (build_backend/simper_rs_build.py and the torch-sys
 # patch list the same; tests/test_build_backend.py checks).

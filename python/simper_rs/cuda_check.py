@@ -33,6 +33,7 @@ The kernel is driven through :class:`KernelFunctions`; :class:`CudaKernel` is th
 :func:`simulated_device_for_testing` is the test-only seam that lets the decision logic run on
 a CPU with injected kernel functions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,19 +96,37 @@ class KernelFunctions(Protocol):
         """Compile and load the kernel for ``device``; raise when it cannot be."""
 
     def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool, with_stats: bool, **options: Any
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        ignore_index: int,
+        shift: bool,
+        with_stats: bool,
+        **options: Any,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs, logsumexp, entropy, argmax == label), float32 ``[B, T']``; the last two
         only matter with ``with_stats``."""
 
     def backward(
-        self, grad_logps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int, shift: bool,
+        self,
+        grad_logps: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        lse: torch.Tensor,
+        ignore_index: int,
+        shift: bool,
         **options: Any,
     ) -> torch.Tensor:
         """The gradient of ``Σ logps · grad_logps`` with respect to ``logits``, a fresh tensor."""
 
     def backward_in_place(
-        self, rows: torch.Tensor, targets: torch.Tensor, grad_logps: torch.Tensor, lse: torch.Tensor, ignore_index: int, **options: Any
+        self,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        grad_logps: torch.Tensor,
+        lse: torch.Tensor,
+        ignore_index: int,
+        **options: Any,
     ) -> None:
         """The same gradient for ``[n, V]`` rows (``targets``, ``grad_logps``, ``lse`` ``[n]``),
         written over ``rows``, as the fused-linear op uses it."""
@@ -131,7 +150,9 @@ class CudaKernel:
 
     def backward(self, grad_logps, logits, labels, lse, ignore_index, shift, **options):
         stream = _cuda.current_stream(logits.device)
-        return _core.fused_token_logps_backward(grad_logps, logits, labels, lse, ignore_index, shift, cuda_stream=stream, **options)
+        return _core.fused_token_logps_backward(
+            grad_logps, logits, labels, lse, ignore_index, shift, cuda_stream=stream, **options
+        )
 
     def backward_in_place(self, rows, targets, grad_logps, lse, ignore_index, **options):
         stream = _cuda.current_stream(rows.device)
@@ -162,16 +183,42 @@ class Case:
 
 CASES: Tuple[Case, ...] = (
     Case("contiguous rows, shifted, with statistics", "contiguous", batch=2, positions=5, shift=True, with_stats=True),
-    Case("time-major unaligned rows, shifted, without statistics", "time_major", batch=2, positions=4, shift=True, with_stats=False),
-    Case("fused-linear chunk rows, in-place backward, with statistics", "rows", batch=1, positions=5, shift=False, with_stats=True),
-    # The logit transforms (their kernels of their own): a scale, and Gemma 2's softcap after a scale.
     Case(
-        "contiguous rows with a logit scale", "contiguous", batch=2, positions=3, shift=True, with_stats=True,
-        options={"logit_scale": 0.5}, transform=lambda z: z * 0.5,
+        "time-major unaligned rows, shifted, without statistics",
+        "time_major",
+        batch=2,
+        positions=4,
+        shift=True,
+        with_stats=False,
     ),
     Case(
-        "fused-linear chunk rows with a scale and a softcap, in-place backward", "rows", batch=1, positions=4, shift=False,
-        with_stats=True, options={"logit_scale": 4.0, "logit_softcap": 3.0}, transform=lambda z: 3.0 * torch.tanh(z * 4.0 / 3.0),
+        "fused-linear chunk rows, in-place backward, with statistics",
+        "rows",
+        batch=1,
+        positions=5,
+        shift=False,
+        with_stats=True,
+    ),
+    # The logit transforms (their kernels of their own): a scale, and Gemma 2's softcap after a scale.
+    Case(
+        "contiguous rows with a logit scale",
+        "contiguous",
+        batch=2,
+        positions=3,
+        shift=True,
+        with_stats=True,
+        options={"logit_scale": 0.5},
+        transform=lambda z: z * 0.5,
+    ),
+    Case(
+        "fused-linear chunk rows with a scale and a softcap, in-place backward",
+        "rows",
+        batch=1,
+        positions=4,
+        shift=False,
+        with_stats=True,
+        options={"logit_scale": 4.0, "logit_softcap": 3.0},
+        transform=lambda z: 3.0 * torch.tanh(z * 4.0 / 3.0),
     ),
 )
 
@@ -257,7 +304,9 @@ class _Comparisons:
     def __init__(self) -> None:
         self.items: List[Tuple[str, torch.Tensor, torch.Tensor, Dict[str, float], bool]] = []
 
-    def add(self, what: str, got: torch.Tensor, want: torch.Tensor, tolerance: Dict[str, float], exact: bool = False) -> None:
+    def add(
+        self, what: str, got: torch.Tensor, want: torch.Tensor, tolerance: Dict[str, float], exact: bool = False
+    ) -> None:
         if tuple(got.shape) != tuple(want.shape):
             raise _Failed(f"{what} has shape {list(got.shape)}, expected {list(want.shape)}")
         self.items.append((what, got, want, tolerance, exact))
@@ -278,14 +327,26 @@ class _Comparisons:
             # All on the device: indexing by a tensor, or reading it, would synchronise here.
             largest, worst = excess.max(0)
             at = worst.view(1)
-            summaries.append(torch.cat([largest.view(1), at.float(), got.index_select(0, at), want.index_select(0, at), lost.sum().float().view(1)]))
+            summaries.append(
+                torch.cat(
+                    [
+                        largest.view(1),
+                        at.float(),
+                        got.index_select(0, at),
+                        want.index_select(0, at),
+                        lost.sum().float().view(1),
+                    ]
+                )
+            )
         table = torch.stack(summaries).cpu().tolist()  # the one synchronisation
-        for (what, got, want, tolerance, exact), (excess, worst, value, expected, lost) in zip(self.items, table):
+        for (what, _got, want, tolerance, exact), (excess, worst, value, expected, lost) in zip(self.items, table):
             if excess <= 0:
                 continue
             index = list(map(int, torch.unravel_index(torch.tensor(int(worst)), tuple(want.shape))))
             if lost:
-                return f"{what}: {int(lost)} non-finite value(s) where the libtorch path is finite (at {index}: {value})"
+                return (
+                    f"{what}: {int(lost)} non-finite value(s) where the libtorch path is finite (at {index}: {value})"
+                )
             if exact:
                 return f"{what}: {value:g} at {index}, the libtorch path gives {expected:g}"
             return (
@@ -295,7 +356,9 @@ class _Comparisons:
         return None
 
 
-def _run_case(kernel: KernelFunctions, case: Case, dtype: torch.dtype, device: torch.device, comparisons: _Comparisons) -> None:
+def _run_case(
+    kernel: KernelFunctions, case: Case, dtype: torch.dtype, device: torch.device, comparisons: _Comparisons
+) -> None:
     logits, labels = _problem(case, dtype, device)
     rows = case.layout == "rows"
     g = torch.Generator(device="cpu").manual_seed(7)
@@ -311,7 +374,7 @@ def _run_case(kernel: KernelFunctions, case: Case, dtype: torch.dtype, device: t
             raise _Failed(f"{case.name}: the {stage} kernel failed: {type(err).__name__}: {err}") from err
 
     x3, y2 = (logits.unsqueeze(0), labels.unsqueeze(0)) if rows else (logits, labels)
-    for with_stats in ((False, True) if case.with_stats else (False,)):
+    for with_stats in (False, True) if case.with_stats else (False,):
         logps, lse, entropy, correct = call("forward", kernel.forward, x3, y2, IGNORE_INDEX, case.shift, with_stats)
         label = f"{case.name}: forward{' with statistics' if with_stats else ''}"
         squeeze = (lambda t: t[0]) if rows else (lambda t: t)
@@ -369,8 +432,12 @@ def run_self_check(
     except Exception as err:  # noqa: BLE001 - a check that cannot run is not a pass: fall back, and say why
         failure = f"the self-check itself could not run: {type(err).__name__}: {err}"
     return CudaCheckResult(
-        device=str(device), device_name=_device_name(device), dtype=_dtype_name(dtype), passed=failure is None,
-        seconds=time.perf_counter() - start, failure=failure,
+        device=str(device),
+        device_name=_device_name(device),
+        dtype=_dtype_name(dtype),
+        passed=failure is None,
+        seconds=time.perf_counter() - start,
+        failure=failure,
     )
 
 
@@ -486,7 +553,9 @@ def cuda_self_check(
     reported.
     """
     if device is None:
-        devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        devices = (
+            [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        )
         devices += [torch.device(name) for name in _simulated if torch.device(name) not in devices]
     else:
         requested = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)

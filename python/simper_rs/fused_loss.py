@@ -12,6 +12,7 @@ Used by :class:`~simper_rs.SimPERLoss` and :class:`~simper_rs.DILLoss` when they
 ``hidden`` (with ``lm_head_weight`` or ``lm_head``) and a gradient is needed; under
 ``torch.no_grad()`` (evaluation) they run the plain fused-linear forward instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,14 @@ import torch
 
 from . import _core
 from .head import HeadTransform, head_weight_owner, run_as_head_forward
-from .ops import LogitTransform, check_chunk_size, linear_cuda_stream, reduce_with_stats, require_storage, split_transform
+from .ops import (
+    LogitTransform,
+    check_chunk_size,
+    linear_cuda_stream,
+    reduce_with_stats,
+    require_storage,
+    split_transform,
+)
 
 
 class _GradientInForward(torch.autograd.Function):
@@ -33,21 +41,48 @@ class _GradientInForward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, scale, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, side):
+    def forward(
+        ctx, hidden, weight, bias, scale, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, side
+    ):
         ignore_index, shift, chunk_size, return_stats, with_means, logit_scale, logit_softcap = options
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:4])
         kind, estimator, beta = loss_fn.fused_loss_spec()
         with torch.autocast(hidden.device.type, enabled=False):  # the op picks its own precision
             tokens, lse, entropy, correct, means, *grads = _core.linear_pair_loss_forward(
-                hidden, weight, bias, labels, position_ids, kind, estimator, beta, ref_chosen, ref_rejected,
-                ignore_index, shift, chunk_size, return_stats, needs, linear_cuda_stream(hidden),
-                logit_scale=logit_scale, logit_scale_tensor=scale, logit_softcap=logit_softcap, with_means=with_means,
+                hidden,
+                weight,
+                bias,
+                labels,
+                position_ids,
+                kind,
+                estimator,
+                beta,
+                ref_chosen,
+                ref_rejected,
+                ignore_index,
+                shift,
+                chunk_size,
+                return_stats,
+                needs,
+                linear_cuda_stream(hidden),
+                logit_scale=logit_scale,
+                logit_scale_tensor=scale,
+                logit_softcap=logit_softcap,
+                with_means=with_means,
             )
         # The loss and metrics from the token log-probs exactly as the log-prob path computes them.
-        logps, metrics = reduce_with_stats(tokens, (entropy, correct) if return_stats else None, labels, ignore_index, shift, True, position_ids)
+        logps, metrics = reduce_with_stats(
+            tokens, (entropy, correct) if return_stats else None, labels, ignore_index, shift, True, position_ids
+        )
         half = logps.shape[0] // 2
         loss = loss_fn.pair_loss(logps[:half], logps[half:], ref_chosen, ref_rejected)
-        side.update(metrics=metrics, token_logps=tokens, entropy=entropy, correct=correct, mean_logits=means if with_means else None)
+        side.update(
+            metrics=metrics,
+            token_logps=tokens,
+            entropy=entropy,
+            correct=correct,
+            mean_logits=means if with_means else None,
+        )
         ctx.set_materialize_grads(False)
         ctx.grads = grads  # hidden, weight, bias, scale
         ctx.save_for_backward(hidden, weight, bias, scale, labels, position_ids, lse, logps, ref_chosen, ref_rejected)
@@ -86,7 +121,18 @@ class _GradientInForward(torch.autograd.Function):
                 (grad_tokens,) = torch.autograd.grad(reduced, tokens, grad_logps)
             with torch.autocast(hidden.device.type, enabled=False):
                 extra = torch.ops.simper_rs.linear_token_logps_backward(
-                    grad_tokens, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size, scale, logit_scale, logit_softcap
+                    grad_tokens,
+                    hidden,
+                    weight,
+                    bias,
+                    labels,
+                    lse,
+                    ignore_index,
+                    shift,
+                    chunk_size,
+                    scale,
+                    logit_scale,
+                    logit_softcap,
                 )
             present = (True, True, bias is not None, scale is not None)
             for i, needed in enumerate(ctx.needs_input_grad[:4]):
@@ -154,7 +200,15 @@ def fused_pair_loss(
 
     def compute(hidden, weight, bias, resolved):
         scale_tensor, logit_scale, logit_softcap = split_transform(hidden, resolved)
-        options = (loss_fn.ignore_index, loss_fn.shift, chunk_size, loss_fn.return_stats, mean_logits, logit_scale, logit_softcap)
+        options = (
+            loss_fn.ignore_index,
+            loss_fn.shift,
+            chunk_size,
+            loss_fn.return_stats,
+            mean_logits,
+            logit_scale,
+            logit_softcap,
+        )
         side: Dict[str, object] = {}
         loss, logps = _GradientInForward.apply(
             hidden, weight, bias, scale_tensor, labels, position_ids, ref_chosen, ref_rejected, loss_fn, options, side

@@ -14,6 +14,7 @@ A logit transform that reads the head's own parameters (a learnable logit scale 
 lm_head) is given as a function of the module that owns the weight and evaluated there too.
 This module knows nothing of transformers: :mod:`simper_rs.integrations` builds on it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,13 @@ from .ops import (
     reduce_with_stats,
 )
 
-__all__ = ["head_token_logps", "head_sequence_logps_with_stats", "run_as_head_forward", "head_weight_owner", "HeadTransform"]
+__all__ = [
+    "head_token_logps",
+    "head_sequence_logps_with_stats",
+    "run_as_head_forward",
+    "head_weight_owner",
+    "HeadTransform",
+]
 
 #: A transform, or a function of the module owning the lm_head weight that returns one (for a
 #: scale that is a parameter of the head: it is read where the engines have gathered it).
@@ -48,7 +55,9 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
 
 def _innermost(head: torch.nn.Module) -> torch.nn.Module:
     """The module that owns ``weight``: FSDP1 and DDP-style wrappers keep it as ``.module``."""
-    while not isinstance(getattr(head, "weight", None), torch.Tensor) and isinstance(getattr(head, "module", None), torch.nn.Module):
+    while not isinstance(getattr(head, "weight", None), torch.Tensor) and isinstance(
+        getattr(head, "module", None), torch.nn.Module
+    ):
         head = head.module
     return head
 
@@ -76,7 +85,11 @@ def head_weight_owner(head: torch.nn.Module) -> torch.nn.Module:
 
 
 def run_as_head_forward(
-    head: torch.nn.Module, hidden: torch.Tensor, compute, transform: HeadTransform = LogitTransform(), vocab_limit: Optional[int] = None
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    compute,
+    transform: HeadTransform = LogitTransform(),
+    vocab_limit: Optional[int] = None,
 ):
     """``compute(hidden, weight, bias, transform)`` run as ``head``'s forward, where the engines
     have materialised the weight, with weight and bias in the hidden states' dtype (as autocast
@@ -135,8 +148,12 @@ def head_token_logps(
     """
 
     def compute(hidden, weight, bias, resolved):
-        check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=require_tokens, transform=resolved)
-        return linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, with_stats, resolved, mean_logits)
+        check_linear_inputs(
+            hidden, weight, bias, labels, ignore_index, shift, require_tokens=require_tokens, transform=resolved
+        )
+        return linear_logps_and_stats(
+            hidden, weight, labels, bias, ignore_index, shift, chunk_size, with_stats, resolved, mean_logits
+        )
 
     return run_as_head_forward(head, hidden, compute, transform, vocab_limit)
 
@@ -159,8 +176,15 @@ def head_sequence_logps_with_stats(
     if position_ids is not None:
         check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     out = head_token_logps(
-        head, hidden, labels, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, with_stats=return_stats,
-        require_tokens=average and position_ids is None, transform=transform,
+        head,
+        hidden,
+        labels,
+        ignore_index=ignore_index,
+        shift=shift,
+        chunk_size=chunk_size,
+        with_stats=return_stats,
+        require_tokens=average and position_ids is None,
+        transform=transform,
     )
     stats = (out.entropy, out.correct) if return_stats else None
     return reduce_with_stats(out.token_logps, stats, labels, ignore_index, shift, average, position_ids)

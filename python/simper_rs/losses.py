@@ -14,6 +14,7 @@ DIL, with u = ℓ_θ - ℓ_ref (u = ℓ_θ without a reference model), per pair:
     ukl   L = -ℓ_θ(y_w) + exp(u_l)
     cpc   L = -log σ(β·(u_w - u_l))               (DPO on length-normalised log-ratios)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +27,15 @@ from .fused_loss import fused_pair_loss
 from .head import head_sequence_logps_with_stats
 from .ops import LogitTransform, check_packed_inputs, linear_sequence_logps_with_stats, sequence_logps_with_stats
 
-__all__ = ["simper_loss", "dil_loss", "SimPERLoss", "DILLoss", "PreferenceLossOutput", "ESTIMATORS", "check_dil_options"]
+__all__ = [
+    "simper_loss",
+    "dil_loss",
+    "SimPERLoss",
+    "DILLoss",
+    "PreferenceLossOutput",
+    "ESTIMATORS",
+    "check_dil_options",
+]
 
 #: The DIL estimators' names (defined once, in the Rust core).
 ESTIMATORS = tuple(_core.ESTIMATORS)
@@ -96,7 +105,9 @@ class PreferenceLossOutput:
 
 
 class _PreferenceLoss(torch.nn.Module):
-    def __init__(self, *, ignore_index: int = -100, shift: bool = True, backend: str = "auto", return_stats: bool = True) -> None:
+    def __init__(
+        self, *, ignore_index: int = -100, shift: bool = True, backend: str = "auto", return_stats: bool = True
+    ) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.shift = bool(shift)
@@ -123,7 +134,9 @@ class _PreferenceLoss(torch.nn.Module):
                     "the P chosen sequences, then the P rejected ones"
                 )
 
-    def _split_pairs(self, logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform):
+    def _split_pairs(
+        self, logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform
+    ):
         """Average log-probs of a [chosen; rejected] batch, split into halves, and token stats.
 
         From ``logits``, or (fused linear, no logits materialised) from ``hidden`` and either
@@ -139,10 +152,18 @@ class _PreferenceLoss(torch.nn.Module):
                 raise TypeError("the loss needs logits, or hidden and lm_head_weight")
             source, name = logits, "logits"
         self.check_pair_batch(source, name, labels, position_ids)
-        options = dict(average=True, ignore_index=self.ignore_index, shift=self.shift, return_stats=self.return_stats, position_ids=position_ids)
+        options = dict(
+            average=True,
+            ignore_index=self.ignore_index,
+            shift=self.shift,
+            return_stats=self.return_stats,
+            position_ids=position_ids,
+        )
         transform_args = dict(logit_scale=transform.scale, logit_softcap=transform.softcap)
         if lm_head is not None:
-            logps, stats = head_sequence_logps_with_stats(lm_head, hidden, labels, chunk_size=chunk_size, transform=transform, **options)
+            logps, stats = head_sequence_logps_with_stats(
+                lm_head, hidden, labels, chunk_size=chunk_size, transform=transform, **options
+            )
         elif hidden is not None:
             logps, stats = linear_sequence_logps_with_stats(
                 hidden, lm_head_weight, labels, lm_head_bias, chunk_size=chunk_size, **options, **transform_args
@@ -152,20 +173,46 @@ class _PreferenceLoss(torch.nn.Module):
         half = logps.shape[0] // 2
         return logps[:half], logps[half:], stats
 
-    def _loss(self, logits, labels, ref_chosen, ref_rejected, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform):
+    def _loss(
+        self,
+        logits,
+        labels,
+        ref_chosen,
+        ref_rejected,
+        hidden,
+        lm_head_weight,
+        lm_head_bias,
+        chunk_size,
+        lm_head,
+        position_ids,
+        transform,
+    ):
         if hidden is not None and logits is None:
             # From hidden states with a gradient to take: the gradients are computed in the forward
             # (simper_rs.fused_loss), after the same checks as the log-prob path.
             self._check_fused_linear_arguments(lm_head_weight, lm_head_bias, lm_head)
             self.check_pair_batch(hidden, "hidden", labels, position_ids)
             fused = fused_pair_loss(
-                self, hidden, labels, weight=lm_head_weight, bias=lm_head_bias, lm_head=lm_head, position_ids=position_ids,
-                ref_chosen=ref_chosen, ref_rejected=ref_rejected, chunk_size=chunk_size, transform=transform,
+                self,
+                hidden,
+                labels,
+                weight=lm_head_weight,
+                bias=lm_head_bias,
+                lm_head=lm_head,
+                position_ids=position_ids,
+                ref_chosen=ref_chosen,
+                ref_rejected=ref_rejected,
+                chunk_size=chunk_size,
+                transform=transform,
             )
             if fused is not None:
                 half = fused.logps.shape[0] // 2
-                return self.build_output(fused.loss, fused.logps[:half], fused.logps[half:], fused.metrics, ref_chosen, ref_rejected)
-        chosen, rejected, stats = self._split_pairs(logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform)
+                return self.build_output(
+                    fused.loss, fused.logps[:half], fused.logps[half:], fused.metrics, ref_chosen, ref_rejected
+                )
+        chosen, rejected, stats = self._split_pairs(
+            logits, labels, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform
+        )
         return self.from_sequence_logps(chosen, rejected, ref_chosen, ref_rejected, metrics=stats)
 
     @staticmethod
@@ -196,7 +243,9 @@ class _PreferenceLoss(torch.nn.Module):
         (e.g. :func:`simper_rs.sequence_logps` over your own batch layout); ``metrics`` are
         extra entries for the output (such as ``entropy``)."""
         loss = self.pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        return self.build_output(loss, chosen_logps, rejected_logps, metrics or {}, ref_chosen_logps, ref_rejected_logps)
+        return self.build_output(
+            loss, chosen_logps, rejected_logps, metrics or {}, ref_chosen_logps, ref_rejected_logps
+        )
 
     def pair_loss(self, chosen, rejected, ref_chosen=None, ref_rejected=None) -> torch.Tensor:
         """The batch loss (mean over pairs) from average log-probs ``[P]`` (and reference ones)."""
@@ -252,7 +301,19 @@ class SimPERLoss(_PreferenceLoss):
         logit_softcap: Optional[float] = None,
     ) -> PreferenceLossOutput:
         transform = LogitTransform(logit_scale, logit_softcap)
-        return self._loss(logits, labels, None, None, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids, transform)
+        return self._loss(
+            logits,
+            labels,
+            None,
+            None,
+            hidden,
+            lm_head_weight,
+            lm_head_bias,
+            chunk_size,
+            lm_head,
+            position_ids,
+            transform,
+        )
 
     def fused_loss_spec(self):
         return "simper", "lsif", 1.0
@@ -304,7 +365,16 @@ class DILLoss(_PreferenceLoss):
     ) -> PreferenceLossOutput:
         transform = LogitTransform(logit_scale, logit_softcap)
         return self._loss(
-            logits, labels, ref_chosen_logps, ref_rejected_logps, hidden, lm_head_weight, lm_head_bias, chunk_size, lm_head, position_ids,
+            logits,
+            labels,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            hidden,
+            lm_head_weight,
+            lm_head_bias,
+            chunk_size,
+            lm_head,
+            position_ids,
             transform,
         )
 

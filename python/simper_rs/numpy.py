@@ -9,6 +9,7 @@ to the chosen and rejected average log-probs, for use in a hand-written backward
     logps = snp.sequence_logps(logits, labels)              # [B] float32
     loss, g_w, g_l = snp.simper_loss(logps[:P], logps[P:])
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -51,7 +52,9 @@ def _pairs(name: str, values) -> np.ndarray:
 
 def simper_loss(chosen_logps, rejected_logps, *, reduction: str = "mean") -> LossAndGrads:
     """SimPER ``-exp(ℓ_w) + exp(ℓ_l)`` and its gradients; see :func:`simper_rs.simper_loss`."""
-    return _core.numpy_simper_loss(_pairs("chosen_logps", chosen_logps), _pairs("rejected_logps", rejected_logps), reduction)
+    return _core.numpy_simper_loss(
+        _pairs("chosen_logps", chosen_logps), _pairs("rejected_logps", rejected_logps), reduction
+    )
 
 
 def dil_loss(
@@ -65,7 +68,15 @@ def dil_loss(
     reduction: str = "mean",
 ) -> LossAndGrads:
     """DIL and its gradients; see :func:`simper_rs.dil_loss`."""
-    refs = [None if r is None else _pairs(n, r) for n, r in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps))]
+    refs = [
+        None if r is None else _pairs(n, r)
+        for n, r in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps))
+    ]
     return _core.numpy_dil_loss(
-        _pairs("chosen_logps", chosen_logps), _pairs("rejected_logps", rejected_logps), *refs, estimator, float(beta), reduction
+        _pairs("chosen_logps", chosen_logps),
+        _pairs("rejected_logps", rejected_logps),
+        *refs,
+        estimator,
+        float(beta),
+        reduction,
     )

@@ -17,6 +17,7 @@ kernel cannot run (no NVRTC, no driver) it says why once, in a ``RuntimeWarning`
 CUDA kernel serves a (device, dtype) it passes a self-check against the libtorch path
 (:mod:`simper_rs.cuda_check`); where it fails, ``"auto"`` warns once and uses libtorch ops.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ def _fused_token_logps(
         # under capture the kernel itself turns an out-of-range label into NaN.
         check_values = not torch.cuda.is_current_stream_capturing()
         stream = _cuda.current_stream(logits.device)
-        return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats, stream, check_values, **transform)
+        return _core.fused_token_logps_forward(
+            logits, labels, ignore_index, shift, with_stats, stream, check_values, **transform
+        )
     return _core.fused_token_logps_forward(logits, labels, ignore_index, shift, with_stats, **transform)
 
 
@@ -110,7 +113,15 @@ def _fused_token_logps_backward(
     require_storage("logits", logits)
     stream = _cuda.current_stream(logits.device) if logits.is_cuda else None
     return _core.fused_token_logps_backward(
-        grad_logps, logits, labels, lse, ignore_index, shift, stream, logit_scale=logit_scale, logit_softcap=logit_softcap
+        grad_logps,
+        logits,
+        labels,
+        lse,
+        ignore_index,
+        shift,
+        stream,
+        logit_scale=logit_scale,
+        logit_softcap=logit_softcap,
     )
 
 
@@ -158,8 +169,19 @@ def _linear_token_logps(
     # autocast must not recast the chunk matmuls, or forward and backward would disagree.
     with torch.autocast(hidden.device.type, enabled=False):
         return _core.linear_token_logps_forward(
-            hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats, linear_cuda_stream(hidden),
-            logit_scale=logit_scale, logit_scale_tensor=scale, logit_softcap=logit_softcap, with_means=with_means,
+            hidden,
+            weight,
+            bias,
+            labels,
+            ignore_index,
+            shift,
+            chunk_size,
+            with_stats,
+            linear_cuda_stream(hidden),
+            logit_scale=logit_scale,
+            logit_scale_tensor=scale,
+            logit_softcap=logit_softcap,
+            with_means=with_means,
         )
 
 
@@ -175,7 +197,20 @@ def linear_cuda_stream(hidden: torch.Tensor) -> Optional[int]:
 
 
 @_linear_token_logps.register_fake
-def _(hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats, scale=None, logit_scale=None, logit_softcap=None, with_means=False):
+def _(
+    hidden,
+    weight,
+    bias,
+    labels,
+    ignore_index,
+    shift,
+    chunk_size,
+    with_stats,
+    scale=None,
+    logit_scale=None,
+    logit_softcap=None,
+    with_means=False,
+):
     logps, lse, entropy, correct = _fake_forward_outputs(hidden, shift, with_stats)
     return logps, lse, entropy, correct, torch.empty_like(logps) if with_means else logps.new_empty(0)
 
@@ -200,8 +235,19 @@ def _linear_token_logps_backward(
             require_storage(name, tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         grad_hidden, grad_weight, grad_bias, grad_scale = _core.linear_token_logps_backward(
-            grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size, linear_cuda_stream(hidden),
-            logit_scale=logit_scale, logit_scale_tensor=scale, logit_softcap=logit_softcap,
+            grad_logps,
+            hidden,
+            weight,
+            bias,
+            labels,
+            lse,
+            ignore_index,
+            shift,
+            chunk_size,
+            linear_cuda_stream(hidden),
+            logit_scale=logit_scale,
+            logit_scale_tensor=scale,
+            logit_softcap=logit_softcap,
         )
     # custom ops return tensors only: an empty tensor stands for "no bias" / "no scale tensor".
     return (
@@ -213,7 +259,20 @@ def _linear_token_logps_backward(
 
 
 @_linear_token_logps_backward.register_fake
-def _(grad_logps, hidden, weight, bias, labels, lse, ignore_index, shift, chunk_size, scale=None, logit_scale=None, logit_softcap=None):
+def _(
+    grad_logps,
+    hidden,
+    weight,
+    bias,
+    labels,
+    lse,
+    ignore_index,
+    shift,
+    chunk_size,
+    scale=None,
+    logit_scale=None,
+    logit_softcap=None,
+):
     grad_bias = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
     grad_scale = torch.empty_like(scale) if scale is not None else hidden.new_empty(0)
     return torch.empty_like(hidden), torch.empty_like(weight), grad_bias, grad_scale
@@ -223,18 +282,43 @@ def _linear_setup_context(ctx, inputs, output):
     hidden, weight, bias, labels, ignore_index, shift, chunk_size, _, scale, logit_scale, logit_softcap, _ = inputs
     _, lse, entropy, correct, means = output
     ctx.save_for_backward(hidden, weight, bias, labels, lse, scale)
-    ctx.ignore_index, ctx.shift, ctx.chunk_size, ctx.transform = ignore_index, shift, chunk_size, (logit_scale, logit_softcap)
+    ctx.ignore_index, ctx.shift, ctx.chunk_size, ctx.transform = (
+        ignore_index,
+        shift,
+        chunk_size,
+        (logit_scale, logit_softcap),
+    )
     ctx.mark_non_differentiable(lse, entropy, correct, means)
 
 
 def _linear_backward(ctx, grad_logps, _grad_lse, _grad_entropy, _grad_correct, _grad_means):
     hidden, weight, bias, labels, lse, scale = ctx.saved_tensors
     grad_hidden, grad_weight, grad_bias, grad_scale = _linear_token_logps_backward(
-        grad_logps, hidden, weight, bias, labels, lse, ctx.ignore_index, ctx.shift, ctx.chunk_size, scale, *ctx.transform
+        grad_logps,
+        hidden,
+        weight,
+        bias,
+        labels,
+        lse,
+        ctx.ignore_index,
+        ctx.shift,
+        ctx.chunk_size,
+        scale,
+        *ctx.transform,
     )
     return (
-        grad_hidden, grad_weight, grad_bias if bias is not None else None, None, None, None, None, None,
-        grad_scale if scale is not None else None, None, None, None,
+        grad_hidden,
+        grad_weight,
+        grad_bias if bias is not None else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        grad_scale if scale is not None else None,
+        None,
+        None,
+        None,
     )
 
 
@@ -347,7 +431,9 @@ def _as_transform(logit_scale, logit_softcap) -> LogitTransform:
     return LogitTransform(scale=logit_scale, softcap=logit_softcap)
 
 
-def token_logps_and_stats(logits, labels, ignore_index, shift, backend, with_stats, transform: LogitTransform = LogitTransform()):
+def token_logps_and_stats(
+    logits, labels, ignore_index, shift, backend, with_stats, transform: LogitTransform = LogitTransform()
+):
     """Per-token log-probs ``[B, T']`` and, with ``with_stats``, per-token (entropy, correct) of
     already validated logits (or None): the building block of the logits functions here."""
     scale, softcap = transform.constants()
@@ -407,8 +493,16 @@ def sequence_logps(
     raise ``ValueError``. ``logit_scale`` / ``logit_softcap`` as in :func:`token_logps`.
     """
     return sequence_logps_with_stats(
-        logits, labels, average=average, ignore_index=ignore_index, shift=shift, backend=backend, return_stats=False,
-        position_ids=position_ids, logit_scale=logit_scale, logit_softcap=logit_softcap,
+        logits,
+        labels,
+        average=average,
+        ignore_index=ignore_index,
+        shift=shift,
+        backend=backend,
+        return_stats=False,
+        position_ids=position_ids,
+        logit_scale=logit_scale,
+        logit_softcap=logit_softcap,
     )[0]
 
 
@@ -436,7 +530,9 @@ def sequence_logps_with_stats(
     if packed:
         check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     tokens, stats = token_logps_and_stats(logits, labels, ignore_index, shift, backend, return_stats, transform)
-    return reduce_with_stats(tokens, stats if return_stats else None, labels, ignore_index, shift, average, position_ids)
+    return reduce_with_stats(
+        tokens, stats if return_stats else None, labels, ignore_index, shift, average, position_ids
+    )
 
 
 def reduce_with_stats(tokens, stats, labels, ignore_index=-100, shift=True, average=True, position_ids=None):
@@ -445,7 +541,9 @@ def reduce_with_stats(tokens, stats, labels, ignore_index=-100, shift=True, aver
     metrics from per-token ``stats = (entropy, correct)`` (or None): the reduction every log-prob
     function here ends with, for callers that computed the token values themselves."""
     if position_ids is not None:  # one value per packed sequence
-        logps = _reduce_packed_logps(tokens, labels, position_ids, ignore_index=ignore_index, shift=shift, average=average)
+        logps = _reduce_packed_logps(
+            tokens, labels, position_ids, ignore_index=ignore_index, shift=shift, average=average
+        )
     else:
         logps = _reduce_sequence_logps(tokens, labels, ignore_index=ignore_index, shift=shift, average=average)
     metrics: Dict[str, float] = {}
@@ -483,7 +581,9 @@ def linear_token_logps(
     scale: it gets its gradient too).
     """
     transform = _as_transform(logit_scale, logit_softcap)
-    return linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, False, transform).token_logps
+    return linear_logps_and_stats(
+        hidden, weight, labels, bias, ignore_index, shift, chunk_size, False, transform
+    ).token_logps
 
 
 @dataclass
@@ -510,8 +610,16 @@ def split_transform(hidden: torch.Tensor, transform: LogitTransform):
 
 
 def linear_logps_and_stats(
-    hidden, weight, labels, bias=None, ignore_index=-100, shift=True, chunk_size=None, with_stats=True,
-    transform: LogitTransform = LogitTransform(), with_means: bool = False,
+    hidden,
+    weight,
+    labels,
+    bias=None,
+    ignore_index=-100,
+    shift=True,
+    chunk_size=None,
+    with_stats=True,
+    transform: LogitTransform = LogitTransform(),
+    with_means: bool = False,
 ):
     """The fused-linear op's per-token outputs, as a :class:`LinearLogps` (the building block of
     the fused-linear functions here and of the lm_head forward in :mod:`simper_rs.integrations`)."""
@@ -520,7 +628,18 @@ def linear_logps_and_stats(
     check_chunk_size(chunk_size)
     scale_tensor, scale, softcap = split_transform(hidden, transform)
     logps, _, entropy, correct, means = _linear_token_logps(
-        hidden, weight, bias, labels, ignore_index, shift, chunk_size, with_stats, scale_tensor, scale, softcap, with_means
+        hidden,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        shift,
+        chunk_size,
+        with_stats,
+        scale_tensor,
+        scale,
+        softcap,
+        with_means,
     )
     return LinearLogps(logps, entropy, correct, means)
 
@@ -531,14 +650,24 @@ def check_chunk_size(chunk_size) -> None:
         raise ValueError(f"chunk_size must be a positive int (positions per chunk) or None, got {chunk_size!r}")
 
 
-def check_linear_inputs(hidden, weight, bias, labels, ignore_index=-100, shift=True, require_tokens=False, transform=LogitTransform()):
+def check_linear_inputs(
+    hidden, weight, bias, labels, ignore_index=-100, shift=True, require_tokens=False, transform=LogitTransform()
+):
     """Validate fused-linear inputs (shapes, dtypes, devices, labels, the transform) as the public
     functions do, before any work; raises ``ValueError`` / ``TypeError`` naming the argument."""
     if not isinstance(hidden, torch.Tensor):
         raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
     scale_tensor, scale, softcap = split_transform(hidden, transform)
     _check_linear_inputs(
-        hidden, weight, bias, labels, ignore_index, shift, require_tokens, logit_scale=scale, logit_scale_tensor=scale_tensor,
+        hidden,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        shift,
+        require_tokens,
+        logit_scale=scale,
+        logit_scale_tensor=scale_tensor,
         logit_softcap=softcap,
     )
 
@@ -560,8 +689,18 @@ def linear_sequence_logps(
     """Per-sequence log-probs ``[B]`` from hidden states; see :func:`linear_token_logps` and
     :func:`sequence_logps` (``position_ids`` for packed rows)."""
     return linear_sequence_logps_with_stats(
-        hidden, weight, labels, bias, average=average, ignore_index=ignore_index, shift=shift, chunk_size=chunk_size, return_stats=False,
-        position_ids=position_ids, logit_scale=logit_scale, logit_softcap=logit_softcap,
+        hidden,
+        weight,
+        labels,
+        bias,
+        average=average,
+        ignore_index=ignore_index,
+        shift=shift,
+        chunk_size=chunk_size,
+        return_stats=False,
+        position_ids=position_ids,
+        logit_scale=logit_scale,
+        logit_softcap=logit_softcap,
     )[0]
 
 
@@ -584,7 +723,9 @@ def linear_sequence_logps_with_stats(
     transform = _as_transform(logit_scale, logit_softcap)
     packed = position_ids is not None
     # every sequence needs a response token to have an average; checked before any work
-    check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift, require_tokens=average and not packed, transform=transform)
+    check_linear_inputs(
+        hidden, weight, bias, labels, ignore_index, shift, require_tokens=average and not packed, transform=transform
+    )
     if packed:
         check_packed_inputs(labels, position_ids, ignore_index=ignore_index, shift=shift, require_tokens=average)
     out = linear_logps_and_stats(hidden, weight, labels, bias, ignore_index, shift, chunk_size, return_stats, transform)

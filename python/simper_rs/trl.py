@@ -3,6 +3,7 @@
 The import path users know; the code, and what it needs of each TRL release, is
 :mod:`simper_rs.integrations.trl`.
 """
+
 from .integrations.trl import (
     SUPPORTED_TRANSFORMERS,
     SUPPORTED_TRL,
@@ -13,4 +14,12 @@ from .integrations.trl import (
     SimPERTrainer,
 )
 
-__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "PackedPreferenceCollator", "SUPPORTED_TRL", "SUPPORTED_TRANSFORMERS"]
+__all__ = [
+    "SimPERConfig",
+    "SimPERTrainer",
+    "DILConfig",
+    "DILTrainer",
+    "PackedPreferenceCollator",
+    "SUPPORTED_TRL",
+    "SUPPORTED_TRANSFORMERS",
+]

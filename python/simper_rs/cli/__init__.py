@@ -11,6 +11,7 @@ Modules: :mod:`.options` (train's options and recipes), :mod:`.loading` (data an
 :mod:`.train`, :mod:`.evaluation` (the held-out table and ``eval``), :mod:`.plots`,
 :mod:`.common` (errors, devices, offline mode).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         "instruction set and threads, CUDA, NVRTC and the driver, the CUDA kernel per GPU, and what backend='auto' "
         "picks. Exit status 1 when something needed cannot work.",
     )
-    doctor.add_argument("--device", choices=["cpu", "cuda"], help="also fail when this device cannot run the fused kernel")
+    doctor.add_argument(
+        "--device", choices=["cpu", "cuda"], help="also fail when this device cannot run the fused kernel"
+    )
     return parser
 
 

@@ -1,4 +1,5 @@
 """``python -m simper_rs.cli ...`` (what torchrun and accelerate launch take): the ``simper-rs`` command line."""
+
 import sys
 
 from . import main

@@ -1,4 +1,5 @@
 """What every ``simper-rs`` command shares: the user-facing error, processes, devices, offline mode."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,12 @@ def offline() -> Iterator[None]:
     from local folders and the local cache only), unless the user set these variables; the
     environment is restored afterwards. Libraries read the variables when first imported, so this
     wraps a command from its start."""
-    names = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    names = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     saved = {name: os.environ.get(name) for name in names}
     for name, default in names.items():
         os.environ.setdefault(name, default)

@@ -6,6 +6,7 @@ Each check is one line; a line marked ``!!`` is something that cannot work. The 
 ``--device cuda`` asks for it. The CUDA kernel's self-check (:func:`simper_rs.cuda_self_check`)
 runs on every GPU, one line per dtype with its time.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,7 +27,11 @@ def _cpu_lines() -> List[Line]:
     from .. import sequence_logps
 
     threads = _core.kernel_threads()
-    source = f"SIMPER_RS_NUM_THREADS={os.environ['SIMPER_RS_NUM_THREADS']}" if os.environ.get("SIMPER_RS_NUM_THREADS") else "torch.get_num_threads()"
+    source = (
+        f"SIMPER_RS_NUM_THREADS={os.environ['SIMPER_RS_NUM_THREADS']}"
+        if os.environ.get("SIMPER_RS_NUM_THREADS")
+        else "torch.get_num_threads()"
+    )
     lines: List[Line] = [
         ("CPU", f"{platform.machine()}, {os.cpu_count()} cores; kernel row code: {_core.cpu_kernel_path()}", True),
         ("threads", f"{threads} kernel threads (from {source})", True),
@@ -37,7 +42,9 @@ def _cpu_lines() -> List[Line]:
         got = sequence_logps(logits, labels, backend="rust")
         want = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:, None]).squeeze(-1).mean(-1)
         ok = torch.allclose(got, want, atol=1e-5)
-        lines.append(("CPU kernel", "runs and matches log_softmax" if ok else f"gives wrong values: {got} vs {want}", ok))
+        lines.append(
+            ("CPU kernel", "runs and matches log_softmax" if ok else f"gives wrong values: {got} vs {want}", ok)
+        )
     except Exception as err:  # noqa: BLE001 - the report says what failed
         lines.append(("CPU kernel", f"fails: {err}", False))
     return lines
@@ -66,7 +73,13 @@ def _cuda_lines(want_cuda: bool) -> List[Line]:
         )
     ]
     nvrtc = _cuda.load_nvrtc()
-    lines.append(("NVRTC", f"loads ({nvrtc})" if nvrtc else "cannot be loaded; it comes with the CUDA build of torch", bool(nvrtc) or not (available or want_cuda)))
+    lines.append(
+        (
+            "NVRTC",
+            f"loads ({nvrtc})" if nvrtc else "cannot be loaded; it comes with the CUDA build of torch",
+            bool(nvrtc) or not (available or want_cuda),
+        )
+    )
     if nvrtc:
         try:
             _core.cuda_compile_kernel("sm_90")
@@ -80,7 +93,9 @@ def _cuda_lines(want_cuda: bool) -> List[Line]:
         start = time.perf_counter()
         reason = _cuda.kernel_unavailable_reason(torch.device("cuda", index))
         loaded = f"kernel compiled and loaded ({_seconds(time.perf_counter() - start)})"
-        text = f"cuda:{index} {name} (sm_{major}{minor}): " + (loaded if reason is None else f"kernel cannot run: {reason}")
+        text = f"cuda:{index} {name} (sm_{major}{minor}): " + (
+            loaded if reason is None else f"kernel cannot run: {reason}"
+        )
         lines.append(("CUDA kernel", text, reason is None))
     return lines + _self_check_lines()
 
@@ -94,20 +109,31 @@ def _self_check_lines() -> List[Line]:
     failed, and its time (a failure means that device and dtype fall back to libtorch ops)."""
     lines: List[Line] = []
     for result in cuda_check.cuda_self_check():
-        if result.device.startswith("cuda") and _cuda.kernel_unavailable_reason(torch.device(result.device)) is not None:
+        if (
+            result.device.startswith("cuda")
+            and _cuda.kernel_unavailable_reason(torch.device(result.device)) is not None
+        ):
             continue  # the CUDA kernel line above already says why it cannot run
         where = f"{result.device} {result.dtype:<8}"
         if result.passed:
             lines.append(("self-check", f"{where} passed ({_seconds(result.seconds)})", True))
         else:
-            lines.append(("self-check", f"{where} FAILED ({_seconds(result.seconds)}): {result.failure}; libtorch ops are used instead", False))
+            lines.append(
+                (
+                    "self-check",
+                    f"{where} FAILED ({_seconds(result.seconds)}): {result.failure}; libtorch ops are used instead",
+                    False,
+                )
+            )
     return lines
 
 
 def _backend_lines() -> List[Line]:
     from ..ops import resolve_backend
 
-    lines: List[Line] = [("auto backend", f"cpu: {resolve_backend('auto', torch.empty(0))} (the fused Rust kernel)", True)]
+    lines: List[Line] = [
+        ("auto backend", f"cpu: {resolve_backend('auto', torch.empty(0))} (the fused Rust kernel)", True)
+    ]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             probe = torch.empty(0, device=f"cuda:{index}", dtype=torch.bfloat16)
@@ -126,7 +152,11 @@ def report(device: Optional[str] = None) -> Tuple[List[Line], bool]:
     lines: List[Line] = [
         ("simper_rs", f"{simper_rs.__version__} ({os.path.dirname(simper_rs.__file__)})", True),
         ("python", f"{platform.python_version()} ({sys.executable})", True),
-        ("torch", f"{torch.__version__} ({os.path.dirname(torch.__file__)}); built for {_core.TORCH_VERSION}", torch_ok),
+        (
+            "torch",
+            f"{torch.__version__} ({os.path.dirname(torch.__file__)}); built for {_core.TORCH_VERSION}",
+            torch_ok,
+        ),
     ]
     lines += _cpu_lines()
     lines += _cuda_lines(want_cuda)

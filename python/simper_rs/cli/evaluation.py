@@ -1,4 +1,5 @@
 """Held-out evaluation (the rows of the table ``simper-rs train`` prints) and ``simper-rs eval``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,16 @@ def _autocast(model, bf16: bool):
     return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def evaluate(model, tokenizer, collator, records: List[dict], *, batch_size: int = 64, generation: bool = True, bf16: bool = False) -> Dict[str, float]:
+def evaluate(
+    model,
+    tokenizer,
+    collator,
+    records: List[dict],
+    *,
+    batch_size: int = 64,
+    generation: bool = True,
+    bf16: bool = False,
+) -> Dict[str, float]:
     """Held-out preference accuracy (chosen more likely than rejected, by average log-prob), mean
     log-probs and their margin, and with ``generation`` the exact-match accuracy of greedy
     decoding against the chosen answer. Runs on the model's device, in bfloat16 autocast with ``bf16``."""
@@ -106,17 +116,31 @@ def add_eval_command(subparsers) -> None:
         "records: the rows of the table train prints. Runs offline.",
     )
     evaluate_.add_argument("--model", type=Path, required=True, help="a local HuggingFace causal-LM folder")
-    evaluate_.add_argument("--data", help="preference data, of the kinds simper-rs train --data takes; default: the embedded held-out split")
+    evaluate_.add_argument(
+        "--data",
+        help="preference data, of the kinds simper-rs train --data takes; default: the embedded held-out split",
+    )
     evaluate_.add_argument("--split", help="the split of --data; default: its only split, else 'test'")
     evaluate_.add_argument("--max-eval-pairs", type=int, help="the first N pairs only (default: every pair)")
-    evaluate_.add_argument("--max-length", type=int, help="tokens per sequence (default: as train: the model's context length, up to 2048)")
-    evaluate_.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: half of --max-length on the embedded data, else 1800/2048 of it, as train)")
-    evaluate_.add_argument("--batch-size", type=int, help="pairs per forward (default: 64 on the embedded data, else 4)")
     evaluate_.add_argument(
-        "--generation-accuracy", choices=["on", "off"],
+        "--max-length", type=int, help="tokens per sequence (default: as train: the model's context length, up to 2048)"
+    )
+    evaluate_.add_argument(
+        "--max-prompt-length",
+        type=int,
+        help="prompt tokens kept (default: half of --max-length on the embedded data, else 1800/2048 of it, as train)",
+    )
+    evaluate_.add_argument(
+        "--batch-size", type=int, help="pairs per forward (default: 64 on the embedded data, else 4)"
+    )
+    evaluate_.add_argument(
+        "--generation-accuracy",
+        choices=["on", "off"],
         help="exact-match greedy generation of the chosen answers (default: on for the embedded data set, off for --data)",
     )
-    evaluate_.add_argument("--bf16", choices=["on", "off"], help="bfloat16 autocast (default: on for GPUs that support it)")
+    evaluate_.add_argument(
+        "--bf16", choices=["on", "off"], help="bfloat16 autocast (default: on for GPUs that support it)"
+    )
     evaluate_.add_argument("--device", default="auto", help="torch device (default: auto, cuda when torch sees a GPU)")
 
 
@@ -149,5 +173,9 @@ def cmd_eval(args) -> int:
         if batch_size < 1:
             raise CommandError(f"--batch-size ({batch_size}) must be at least 1")
         print(f"simper-rs eval: {model_name} on {len(records)} preference pairs\n")
-        print(values_table(evaluate(model, tokenizer, collator, records, batch_size=batch_size, generation=generation, bf16=bf16)))
+        print(
+            values_table(
+                evaluate(model, tokenizer, collator, records, batch_size=batch_size, generation=generation, bf16=bf16)
+            )
+        )
     return 0

@@ -1,5 +1,6 @@
 """The command line's data and model loading: the user's sources, or the embedded defaults, with
 every failure a one-line :class:`CommandError` naming the option."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,7 +63,9 @@ def load_train_and_eval(opts) -> Tuple[List[dict], List[dict], str]:
         embedded = load_default_data()
         if opts.eval_data is None:
             if opts.eval_split not in (None, "test", "train"):
-                raise CommandError(f"--eval-split: the embedded data set has no split {opts.eval_split!r} (its splits: train, test)")
+                raise CommandError(
+                    f"--eval-split: the embedded data set has no split {opts.eval_split!r} (its splits: train, test)"
+                )
             held_out, where = embedded[opts.eval_split or "test"], f"the embedded {opts.eval_split or 'test'} split"
         else:
             held_out, name = load_split(opts.eval_data, opts.eval_split, ("test",), "--eval-data", "--eval-split")
@@ -134,7 +137,10 @@ def load_model(model_path: Optional[Path], records: List[dict], seed: int):
 def context_length(model, tokenizer) -> Optional[int]:
     """The longest sequence the model takes, from its config and its tokenizer (None if neither says)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    lengths = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")]
+    lengths = [
+        getattr(config, name, None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+    ]
     lengths.append(getattr(tokenizer, "model_max_length", None))
     # Tokenizers without a limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
     known = [n for n in lengths if isinstance(n, int) and 0 < n < 10**7]

@@ -8,6 +8,7 @@ nothing to the model that was not asked for: no supervised warm-up unless
 ``--sft-warmup-steps`` is given. Every option given on the command line or in a YAML file
 overrides the recipe.
 """
+
 # No `from __future__ import annotations`: HfArgumentParser reads the dataclasses' annotations as types.
 import argparse
 import dataclasses
@@ -46,43 +47,64 @@ class SimperRsArguments:
     estimator: str = _field("lsif", "DIL estimator (cpc is DPO-style)", choices=list(ESTIMATORS))
     beta: float = _field(1.0, "beta of the cpc estimator")
     model: Optional[str] = _field(
-        None, "a local HuggingFace causal-LM folder (loaded in float32); None: a tiny Llama built offline, with the toy recipe"
+        None,
+        "a local HuggingFace causal-LM folder (loaded in float32); None: a tiny Llama built offline, with the toy recipe",
     )
     data: Optional[str] = _field(
-        None, "preference data: a .jsonl/.json/.csv/.parquet file, a datasets folder (save_to_disk or data files by split), "
-        "or a hub dataset name from the local cache; None: the embedded data set"
+        None,
+        "preference data: a .jsonl/.json/.csv/.parquet file, a datasets folder (save_to_disk or data files by split), "
+        "or a hub dataset name from the local cache; None: the embedded data set",
     )
     data_split: Optional[str] = _field(None, "the split of --data to train on; None: its only split, else 'train'")
     eval_data: Optional[str] = _field(
-        None, "held-out preference data (same kinds as --data); None: --eval-split of --data, else its 'test' split, "
-        "else the last 10%% of --data"
+        None,
+        "held-out preference data (same kinds as --data); None: --eval-split of --data, else its 'test' split, "
+        "else the last 10%% of --data",
     )
-    eval_split: Optional[str] = _field(None, "the split of --eval-data (or of --data) to evaluate on; None: its only split, else 'test'")
+    eval_split: Optional[str] = _field(
+        None, "the split of --eval-data (or of --data) to evaluate on; None: its only split, else 'test'"
+    )
     max_eval_pairs: Optional[int] = _field(None, "evaluate on the first N held-out pairs only; None: every pair")
     batch_size: Optional[int] = _field(
-        None, "preference pairs per optimizer step, over all processes and accumulation steps; whichever of "
+        None,
+        "preference pairs per optimizer step, over all processes and accumulation steps; whichever of "
         "--per-device-train-batch-size and --gradient-accumulation-steps is not given follows from it. None: 32 (toy), "
-        "128 as 2 per device with gradient accumulation (--model, the paper's)"
+        "128 as 2 per device with gradient accumulation (--model, the paper's)",
     )
-    max_length: Optional[int] = _field(None, "tokens per sequence, prompt included; None: 64 (toy), else the model's context length up to 2048 (the paper's)")
+    max_length: Optional[int] = _field(
+        None,
+        "tokens per sequence, prompt included; None: 64 (toy), else the model's context length up to 2048 (the paper's)",
+    )
     max_prompt_length: Optional[int] = _field(
-        None, "prompt tokens kept (its last ones) when a sequence is too long; None: half of --max-length (toy), "
-        "else 1800/2048 of it (the paper's 1800 of 2048)"
+        None,
+        "prompt tokens kept (its last ones) when a sequence is too long; None: half of --max-length (toy), "
+        "else 1800/2048 of it (the paper's 1800 of 2048)",
     )
     fused_linear: bool = _field(False, "compute the loss from hidden states, never materialising logits")
     router_aux_loss_coef: Optional[float] = _field(
-        None, "Mixture-of-Experts models: the weight of the router load-balancing loss added to the loss, as TRL adds it "
-        "(logged as aux_loss); None: the model config's router_aux_loss_coef; 0.0 turns it off"
+        None,
+        "Mixture-of-Experts models: the weight of the router load-balancing loss added to the loss, as TRL adds it "
+        "(logged as aux_loss); None: the model config's router_aux_loss_coef; 0.0 turns it off",
     )
-    padding_free: bool = _field(False, "pack each preference batch into one row without padding (same loss, no compute on padding)")
-    max_tokens_per_row: Optional[int] = _field(None, "with --padding-free: pack into rows of at most this many tokens (default: one row)")
+    padding_free: bool = _field(
+        False, "pack each preference batch into one row without padding (same loss, no compute on padding)"
+    )
+    max_tokens_per_row: Optional[int] = _field(
+        None, "with --padding-free: pack into rows of at most this many tokens (default: one row)"
+    )
     sft_warmup_steps: Optional[int] = _field(
-        None, "supervised fine-tuning steps on the chosen responses before preference training; None: 15 (toy), 0 (--model)"
+        None,
+        "supervised fine-tuning steps on the chosen responses before preference training; None: 15 (toy), 0 (--model)",
     )
-    sft_learning_rate: Optional[float] = _field(None, "AdamW learning rate of the supervised warm-up; None: --learning-rate")
+    sft_learning_rate: Optional[float] = _field(
+        None, "AdamW learning rate of the supervised warm-up; None: --learning-rate"
+    )
     generation_accuracy: Optional[bool] = _field(
-        None, "also evaluate exact-match greedy generation of the chosen answers (decodes every held-out prompt); "
-        "None: on for the embedded data set, off for --data", nargs="?", const=True,
+        None,
+        "also evaluate exact-match greedy generation of the chosen answers (decodes every held-out prompt); "
+        "None: on for the embedded data set, off for --data",
+        nargs="?",
+        const=True,
     )
     device: str = _field("auto", "torch device; auto: cuda when torch sees a GPU, else cpu")
     # Resolved by parse_train_arguments, not options (HfArgumentParser skips fields without init).
@@ -105,19 +127,34 @@ def _training_arguments_for_parsing():
         # The recipe's options: None (not given) until parse_train_arguments fills them in.
         num_train_epochs: Optional[float] = _field(None, "epochs; None: 2 (toy), 1 (--model)")  # type: ignore[assignment]
         learning_rate: Optional[float] = _field(None, "AdamW learning rate; None: 3e-3 (toy), 5e-7 (--model)")  # type: ignore[assignment]
-        lr_scheduler_type: Union[SchedulerType, str] = _field(None, "learning-rate schedule; None: constant (toy), cosine (--model)")  # type: ignore[assignment]
-        warmup_steps: Optional[float] = _field(None, "learning-rate warm-up: steps, or a fraction of all steps below 1; None: 0 (toy), 0.1 (--model)")  # type: ignore[assignment]
-        per_device_train_batch_size: Optional[int] = _field(None, "pairs per forward on each device; None: see --batch-size")  # type: ignore[assignment]
+        lr_scheduler_type: Union[SchedulerType, str] = _field(
+            None, "learning-rate schedule; None: constant (toy), cosine (--model)"
+        )  # type: ignore[assignment]
+        warmup_steps: Optional[float] = _field(
+            None, "learning-rate warm-up: steps, or a fraction of all steps below 1; None: 0 (toy), 0.1 (--model)"
+        )  # type: ignore[assignment]
+        per_device_train_batch_size: Optional[int] = _field(
+            None, "pairs per forward on each device; None: see --batch-size"
+        )  # type: ignore[assignment]
         gradient_accumulation_steps: Optional[int] = _field(None, "forwards per optimizer step; None: see --batch-size")  # type: ignore[assignment]
-        per_device_eval_batch_size: Optional[int] = _field(None, "held-out pairs per forward; None: 64 (toy), 4 (--model)")  # type: ignore[assignment]
+        per_device_eval_batch_size: Optional[int] = _field(
+            None, "held-out pairs per forward; None: 64 (toy), 4 (--model)"
+        )  # type: ignore[assignment]
         seed: Optional[int] = _field(None, "random seed; None: 0 (toy), 42 (--model)")  # type: ignore[assignment]
-        bf16: Optional[bool] = _field(None, "bfloat16 mixed precision; None: on where the device supports it (CUDA GPUs)", nargs="?", const=True)  # type: ignore[assignment]
+        bf16: Optional[bool] = _field(
+            None, "bfloat16 mixed precision; None: on where the device supports it (CUDA GPUs)", nargs="?", const=True
+        )  # type: ignore[assignment]
         # --resume-from-checkpoint alone means the newest checkpoint in <output-dir>/checkpoints.
         resume_from_checkpoint: Optional[str] = _field(
-            None, "continue a killed run: a checkpoint folder, or 'latest' (the default when no value is given)", nargs="?", const="latest"
+            None,
+            "continue a killed run: a checkpoint folder, or 'latest' (the default when no value is given)",
+            nargs="?",
+            const="latest",
         )
         # Several integrations at once, as a list in a config file or --report-to tensorboard wandb.
-        report_to: Optional[str] = _field("none", "where to report metrics (tensorboard, wandb, ...; several may follow)", nargs="+")
+        report_to: Optional[str] = _field(
+            "none", "where to report metrics (tensorboard, wandb, ...; several may follow)", nargs="+"
+        )
 
     return TrainCommandArguments
 
@@ -178,7 +215,11 @@ def _train_parser():
         "Every TrainingArguments field is an option (--snake_case or --kebab-case); a YAML file of options may come "
         "first, and the command line overrides it. Checkpoints go to <output-dir>/checkpoints. Runs offline.",
     )
-    parser.add_argument("config", nargs="?", help="a YAML file of options (keys as the options' names); flags given after it override it")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="a YAML file of options (keys as the options' names); flags given after it override it",
+    )
     for flag, (dest, kind) in _OLD_FLAGS.items():
         parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=f"same as --{dest}")
     parser.set_defaults(**_COMMAND_DEFAULTS)
@@ -216,11 +257,19 @@ def _config_tokens(path: str) -> List[str]:
         values = value if isinstance(value, list) else [value]
         tokens.append(f"--{name}")
         for item in values:
-            tokens.append(str(item).lower() if isinstance(item, bool) else json.dumps(item) if isinstance(item, dict) else str(item))
+            tokens.append(
+                str(item).lower()
+                if isinstance(item, bool)
+                else json.dumps(item)
+                if isinstance(item, dict)
+                else str(item)
+            )
     return tokens
 
 
-def _batch_layout(batch: Optional[int], per_device: Optional[int], accumulation: Optional[int], recipe: Dict[str, Any], processes: int) -> Tuple[int, int, int]:
+def _batch_layout(
+    batch: Optional[int], per_device: Optional[int], accumulation: Optional[int], recipe: Dict[str, Any], processes: int
+) -> Tuple[int, int, int]:
     """(pairs per optimizer step, per device, accumulation steps) from what was given and the recipe.
 
     Whichever of the per-device batch and the accumulation steps is not given follows from the
@@ -246,11 +295,17 @@ def _batch_layout(batch: Optional[int], per_device: Optional[int], accumulation:
     if per_device is None:
         accumulation = accumulation or 1
         if batch % (processes * accumulation):
-            over = f"the {processes} processes" if accumulation == 1 else f"{processes} process(es) x {accumulation} accumulation steps"
+            over = (
+                f"the {processes} processes"
+                if accumulation == 1
+                else f"{processes} process(es) x {accumulation} accumulation steps"
+            )
             raise CommandError(f"--batch-size {batch} must split evenly over {over}")
         return batch, batch // (processes * accumulation), accumulation
     if batch % (processes * per_device):
-        raise CommandError(f"--batch-size {batch} must split evenly over {processes} process(es) x {per_device} pairs per device")
+        raise CommandError(
+            f"--batch-size {batch} must split evenly over {processes} process(es) x {per_device} pairs per device"
+        )
     return batch, per_device, batch // (processes * per_device)
 
 
@@ -264,7 +319,9 @@ def check_lengths(opts) -> None:
     if opts.max_length < 2:
         raise CommandError(f"--max-length ({opts.max_length}) must be at least 2")
     if not 0 < opts.max_prompt_length < opts.max_length:
-        raise CommandError(f"--max-prompt-length ({opts.max_prompt_length}) must be positive and smaller than --max-length ({opts.max_length})")
+        raise CommandError(
+            f"--max-prompt-length ({opts.max_prompt_length}) must be positive and smaller than --max-length ({opts.max_length})"
+        )
 
 
 def parse_train_arguments(argv: List[str]):
@@ -296,7 +353,14 @@ def parse_train_arguments(argv: List[str]):
     opts.batch_size, ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"] = _batch_layout(
         opts.batch_size, ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"], recipe, processes
     )
-    for name in ("num_train_epochs", "learning_rate", "lr_scheduler_type", "warmup_steps", "per_device_eval_batch_size", "seed"):
+    for name in (
+        "num_train_epochs",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "per_device_eval_batch_size",
+        "seed",
+    ):
         if ta[name] is None:
             ta[name] = recipe[name]
     if ta["num_train_epochs"] <= 0 and ta["max_steps"] <= 0 or ta["learning_rate"] <= 0:
@@ -348,7 +412,10 @@ def training_arguments(ta: dict, steps_per_epoch: int):
         ta["logging_steps"] = max(1, steps_per_epoch // 20)
     if ta["eval_steps"] is None:
         ta["eval_steps"] = max(1, steps_per_epoch // 2)
-    if "tensorboard" in (ta["report_to"] if isinstance(ta["report_to"], list) else [ta["report_to"]]) or ta["report_to"] == "all":
+    if (
+        "tensorboard" in (ta["report_to"] if isinstance(ta["report_to"], list) else [ta["report_to"]])
+        or ta["report_to"] == "all"
+    ):
         # TensorBoard event files next to the run's other outputs (written locally, nothing uploaded).
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(ta["output_dir"]).parent / "tensorboard"))
     if world()[1] != 0:
@@ -363,12 +430,22 @@ def describe_recipe(opts, ta: dict) -> str:
     """One line of the settings the run uses, so that a default is never a surprise."""
     steps = f"{ta['max_steps']} steps" if ta["max_steps"] > 0 else f"{ta['num_train_epochs']:g} epoch(s)"
     warmup = ta["warmup_steps"]
-    schedule = ta["lr_scheduler_type"] if not warmup else f"{ta['lr_scheduler_type']}, {warmup:.0%} warm-up" if warmup < 1 else f"{ta['lr_scheduler_type']}, {warmup:g} warm-up steps"
+    schedule = (
+        ta["lr_scheduler_type"]
+        if not warmup
+        else f"{ta['lr_scheduler_type']}, {warmup:.0%} warm-up"
+        if warmup < 1
+        else f"{ta['lr_scheduler_type']}, {warmup:g} warm-up steps"
+    )
     layout = f"{ta['per_device_train_batch_size']} per device"
     if ta["gradient_accumulation_steps"] > 1:
         layout += f" x {ta['gradient_accumulation_steps']} accumulation steps"
     precision = "bf16" if ta["bf16"] else "fp16" if ta["fp16"] else "float32"
-    sft = f"{opts.sft_warmup_steps} supervised warm-up steps at {opts.sft_learning_rate:g}" if opts.sft_warmup_steps else "no supervised warm-up"
+    sft = (
+        f"{opts.sft_warmup_steps} supervised warm-up steps at {opts.sft_learning_rate:g}"
+        if opts.sft_warmup_steps
+        else "no supervised warm-up"
+    )
     recipe = "toy recipe" if opts.toy else "SimPER paper's recipe"
     return (
         f"{recipe}: learning rate {ta['learning_rate']:g} ({schedule}), {steps}, {opts.batch_size} pairs per step ({layout}), "

@@ -1,4 +1,5 @@
 """The training curves ``simper-rs train`` draws from its metrics.jsonl."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Nothing is downloaded: the tokenizer's vocabulary is the set of whitespace-separated words in
 the records, and the model is a freshly initialised ``LlamaForCausalLM`` from a small config.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List

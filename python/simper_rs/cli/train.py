@@ -1,5 +1,6 @@
 """``simper-rs train``: optional supervised warm-up, preference training with the HuggingFace
 Trainer, and the held-out evaluation before and after."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,33 @@ from typing import List, Optional
 
 from .common import CommandError, offline, progress, usable_device, world
 from .evaluation import evaluate, summary_table
-from .options import PAPER_MAX_LENGTH, check_lengths, describe_recipe, parse_train_arguments, prompt_length_for, training_arguments
+from .options import (
+    PAPER_MAX_LENGTH,
+    check_lengths,
+    describe_recipe,
+    parse_train_arguments,
+    prompt_length_for,
+    training_arguments,
+)
 
 __all__ = ["cmd_train", "sft_warm_up"]
 
 
-def sft_warm_up(model, collator, records: List[dict], *, steps: int, learning_rate: float, batch_size: int, micro_batch_size: int,
-                seed: int, bf16: bool = False, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+def sft_warm_up(
+    model,
+    collator,
+    records: List[dict],
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    micro_batch_size: int,
+    seed: int,
+    bf16: bool = False,
+    weight_decay: float = 0.0,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
     """``steps`` steps of supervised fine-tuning on the chosen responses (the prompt is masked):
     AdamW at ``learning_rate``, each step on ``batch_size`` records drawn at random (seeded), in
     forwards of ``micro_batch_size`` whose gradients add up to the whole batch's."""
@@ -62,11 +83,13 @@ def _metrics_callback(path: Path):
     return WriteMetrics()
 
 
-def _preference_train(model, tokenizer, collator, train, test, opts, ta: dict, metrics_path: Path, before, resume: Optional[Path]):
+def _preference_train(
+    model, tokenizer, collator, train, test, opts, ta: dict, metrics_path: Path, before, resume: Optional[Path]
+):
     from transformers.trainer_callback import ProgressCallback
 
-    from ..integrations.checkpoints import ResumableTrainer
     from ..data import PreferenceCollator
+    from ..integrations.checkpoints import ResumableTrainer
 
     training_args = training_arguments(ta, math.ceil(len(train) / opts.batch_size))
     trainer = ResumableTrainer(
@@ -78,7 +101,11 @@ def _preference_train(model, tokenizer, collator, train, test, opts, ta: dict, m
         fused_linear=opts.fused_linear,
         router_aux_loss_coef=opts.router_aux_loss_coef,
         data_collator=PreferenceCollator(
-            tokenizer, collator.max_length, collator.max_prompt_length, padding_free=opts.padding_free, max_tokens_per_row=opts.max_tokens_per_row
+            tokenizer,
+            collator.max_length,
+            collator.max_prompt_length,
+            padding_free=opts.padding_free,
+            max_tokens_per_row=opts.max_tokens_per_row,
         ),
         train_dataset=train,
         eval_dataset=test,
@@ -124,8 +151,14 @@ def cmd_train(argv: List[str]) -> int:
 def _train(opts, ta: dict) -> int:
     import torch
 
-    from ..integrations.checkpoints import CheckpointError, ResumableTrainer, checkpoint_step, checkpoints_by_step, find_checkpoint
     from ..data import PreferenceCollator
+    from ..integrations.checkpoints import (
+        CheckpointError,
+        ResumableTrainer,
+        checkpoint_step,
+        checkpoints_by_step,
+        find_checkpoint,
+    )
     from .loading import context_length, load_model, load_train_and_eval
     from .plots import plot_metrics
 
@@ -171,17 +204,36 @@ def _train(opts, ta: dict) -> int:
             _truncate_metrics(metrics_path, resume_step)
     loss_name = "SimPER" if opts.loss == "simper" else f"DIL ({opts.estimator})"
     on = f" on {processes} processes" if processes > 1 else ""
-    say(f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs ({held_out_from}), model: {model_name}{on}")
+    say(
+        f"simper-rs train: {loss_name} on {len(train)} train / {len(test)} held-out pairs ({held_out_from}), model: {model_name}{on}"
+    )
     say(describe_recipe(opts, ta))
 
     def held_out():
-        return evaluate(model, tokenizer, collator, test, batch_size=ta["per_device_eval_batch_size"], generation=opts.generation_accuracy, bf16=ta["bf16"])
+        return evaluate(
+            model,
+            tokenizer,
+            collator,
+            test,
+            batch_size=ta["per_device_eval_batch_size"],
+            generation=opts.generation_accuracy,
+            bf16=ta["bf16"],
+        )
 
     def warm_up():
         sft_warm_up(
-            model, collator, train, steps=opts.sft_warmup_steps, learning_rate=opts.sft_learning_rate, batch_size=opts.batch_size,
-            micro_batch_size=ta["per_device_train_batch_size"], seed=opts.seed, bf16=ta["bf16"], weight_decay=ta["weight_decay"],
-            betas=(ta["adam_beta1"], ta["adam_beta2"]), eps=ta["adam_epsilon"],
+            model,
+            collator,
+            train,
+            steps=opts.sft_warmup_steps,
+            learning_rate=opts.sft_learning_rate,
+            batch_size=opts.batch_size,
+            micro_batch_size=ta["per_device_train_batch_size"],
+            seed=opts.seed,
+            bf16=ta["bf16"],
+            weight_decay=ta["weight_decay"],
+            betas=(ta["adam_beta1"], ta["adam_beta2"]),
+            eps=ta["adam_epsilon"],
         )
 
     if before is None:  # not resumed
@@ -234,8 +286,12 @@ def _train(opts, ta: dict) -> int:
     print(f"\n{loss_name}: held-out evaluation on {len(test)} pairs before and after {what}\n")
     print(summary_table(before, after))
     print(f"\nwrote {metrics_path}, {png_path} and {opts.output_dir / 'summary.json'} in {summary['seconds']:.0f} s")
-    print(f"saved the trained model and tokenizer to {model_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
+    print(
+        f"saved the trained model and tokenizer to {model_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)"
+    )
     checkpoints = checkpoints_by_step(opts.output_dir / "checkpoints")
     if checkpoints:
-        print(f"checkpoints: {', '.join(p.name for p in checkpoints)} in {opts.output_dir / 'checkpoints'} (--resume-from-checkpoint)")
+        print(
+            f"checkpoints: {', '.join(p.name for p in checkpoints)} in {opts.output_dir / 'checkpoints'} (--resume-from-checkpoint)"
+        )
     return 0

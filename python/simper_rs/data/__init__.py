@@ -8,6 +8,7 @@ parquet files, ``datasets`` folders (``save_to_disk`` or data files by split), a
 name (from the local cache when offline), a list of dicts, or a ``datasets.Dataset``
 (:mod:`simper_rs.data.sources`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The collator that turns preference records into ``[chosen; rejected]`` batches (padded or packed)."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -29,7 +30,9 @@ def reference_logps(records) -> Dict[str, torch.Tensor]:
     return {field: torch.tensor([float(r[field]) for r in records]) for field in REFERENCE_FIELDS}
 
 
-def pack_rows(sequences, pad_token_id: int, max_tokens_per_row: Optional[int] = None, label_fill: int = -100) -> Dict[str, torch.Tensor]:
+def pack_rows(
+    sequences, pad_token_id: int, max_tokens_per_row: Optional[int] = None, label_fill: int = -100
+) -> Dict[str, torch.Tensor]:
     """Pack ``(token ids, labels)`` sequences, in order, into rows of at most
     ``max_tokens_per_row`` tokens (one row when None; a longer sequence gets a row of its own).
 
@@ -53,7 +56,11 @@ def pack_rows(sequences, pad_token_id: int, max_tokens_per_row: Optional[int] = 
         out_labels.append([label for _, y in row for label in y] + [label_fill] * fill)
         positions = [p for i, _ in row for p in range(len(i))]
         position_ids.append(positions + list(range(positions[-1] + 1, positions[-1] + 1 + fill)))
-    return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(out_labels), "position_ids": torch.tensor(position_ids)}
+    return {
+        "input_ids": torch.tensor(input_ids),
+        "labels": torch.tensor(out_labels),
+        "position_ids": torch.tensor(position_ids),
+    }
 
 
 class PreferenceCollator:
@@ -93,7 +100,9 @@ class PreferenceCollator:
         self.max_prompt_length = int(max_prompt_length)
         self.padding_free = bool(padding_free)
         if max_tokens_per_row is not None and (not padding_free or max_tokens_per_row < 1):
-            raise ValueError(f"max_tokens_per_row must be a positive int and goes with padding_free=True, got {max_tokens_per_row!r}")
+            raise ValueError(
+                f"max_tokens_per_row must be a positive int and goes with padding_free=True, got {max_tokens_per_row!r}"
+            )
         self.max_tokens_per_row = max_tokens_per_row
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:

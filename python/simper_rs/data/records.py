@@ -6,6 +6,7 @@ TRL's implicit-prompt format there is no prompt (or only a plain-text one beside
 answers, as in UltraFeedback): the prompt is the part that ``chosen`` and ``rejected`` share at
 their start, and it is split off as TRL's ``extract_prompt`` does.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -46,7 +47,11 @@ def _check_messages(index: int, field: str, value: list) -> None:
     if not value:
         raise PreferenceDataError(f"record {index}: field {field!r} is an empty conversation")
     for position, message in enumerate(value):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
             raise PreferenceDataError(
                 f"record {index}: field {field!r} message {position} must be a dict with string 'role' and 'content'"
             )
@@ -71,7 +76,9 @@ def check_record(index: int, record: Any) -> Record:
         # Implicit prompt (TRL): the answers start with it. A plain-text prompt next to
         # conversational answers is a copy of the user's turn, which the answers hold already.
         same_kind = isinstance(record["chosen"], (str, list)) and type(record["chosen"]) is type(record["rejected"])
-        shared, chosen, rejected = extract_prompt(record["chosen"], record["rejected"]) if same_kind else (None, None, None)
+        shared, chosen, rejected = (
+            extract_prompt(record["chosen"], record["rejected"]) if same_kind else (None, None, None)
+        )
         if same_kind and (shared or not answers_are_conversations):
             record = {**record, "prompt": shared, "chosen": chosen, "rejected": rejected}
         elif prompt is None and answers_are_conversations and same_kind:
@@ -87,7 +94,9 @@ def check_record(index: int, record: Any) -> Record:
                 raise PreferenceDataError(f"record {index}: field {field!r} is an empty response")
         elif isinstance(value, list):
             if field != "prompt" and not value:
-                raise PreferenceDataError(f"record {index}: field {field!r} is an empty response (the same messages as the other answer)")
+                raise PreferenceDataError(
+                    f"record {index}: field {field!r} is an empty response (the same messages as the other answer)"
+                )
             _check_messages(index, field, value)
         else:
             raise PreferenceDataError(

@@ -13,6 +13,7 @@ A source is one of
 
 A file is one split, named ``train``, as ``datasets`` names it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -97,7 +98,9 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise PreferenceDataError("reading a dataset folder or a hub dataset needs datasets (pip install datasets)") from None
+        raise PreferenceDataError(
+            "reading a dataset folder or a hub dataset needs datasets (pip install datasets)"
+        ) from None
     return datasets
 
 
@@ -114,7 +117,8 @@ def _looks_like_a_path(text: str) -> bool:
         text.lower().endswith(FILE_SUFFIXES)
         or text.startswith((".", "/", "~"))
         or text.count("/") > 1
-        or os.sep != "/" and os.sep in text
+        or os.sep != "/"
+        and os.sep in text
     )
 
 
@@ -130,7 +134,9 @@ def preference_splits(source: Source) -> Dict[str, Any]:
             return _as_splits(source)
         if hasattr(source, "__iter__"):
             return {"train": list(source)}
-        raise TypeError(f"source must be a path, a dataset name, a list of records or a datasets.Dataset, got {type(source).__name__}")
+        raise TypeError(
+            f"source must be a path, a dataset name, a list of records or a datasets.Dataset, got {type(source).__name__}"
+        )
     path = Path(source)
     if path.is_file():
         suffix = path.suffix.lower()
@@ -141,14 +147,18 @@ def preference_splits(source: Source) -> Dict[str, Any]:
         if suffix in (".json", ".jsonl"):
             text = path.read_text(encoding="utf-8")
             return {"train": _read_json(path, text) if suffix == ".json" else _read_jsonl(path, text)}
-        raise PreferenceDataError(f"{path}: unknown kind of file {path.suffix or '(no suffix)'!r}; expected one of {', '.join(FILE_SUFFIXES)} or a dataset folder")
+        raise PreferenceDataError(
+            f"{path}: unknown kind of file {path.suffix or '(no suffix)'!r}; expected one of {', '.join(FILE_SUFFIXES)} or a dataset folder"
+        )
     if path.is_dir():
         datasets = _datasets()
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             try:
                 return _as_splits(datasets.load_from_disk(str(path)))
             except Exception as err:  # datasets raises many kinds on a damaged folder
-                raise PreferenceDataError(f"{path}: cannot read this save_to_disk folder ({_first_line(err)})") from None
+                raise PreferenceDataError(
+                    f"{path}: cannot read this save_to_disk folder ({_first_line(err)})"
+                ) from None
         try:
             return _as_splits(datasets.load_dataset(str(path)))
         except Exception as err:
@@ -166,7 +176,14 @@ def preference_splits(source: Source) -> Dict[str, Any]:
         ) from None
 
 
-def select_split(splits: Dict[str, Any], split: Optional[str], preferred: Sequence[str] = ("train",), *, where: str = "the data", argument: str = "split") -> str:
+def select_split(
+    splits: Dict[str, Any],
+    split: Optional[str],
+    preferred: Sequence[str] = ("train",),
+    *,
+    where: str = "the data",
+    argument: str = "split",
+) -> str:
     """The name of the split to use: ``split`` when given, else the only one, else the first of
     ``preferred`` that exists; a :class:`PreferenceDataError` naming ``argument`` otherwise."""
     names = ", ".join(splits) or "none"
@@ -190,7 +207,9 @@ def records_from_rows(rows: Any, where: str = "the data") -> List[Record]:
     if columns is not None:
         for column in _REQUIRED:
             if column not in columns:
-                raise PreferenceDataError(f"{where} has no column {column!r} (its columns: {', '.join(columns) or 'none'})")
+                raise PreferenceDataError(
+                    f"{where} has no column {column!r} (its columns: {', '.join(columns) or 'none'})"
+                )
     if len(rows) == 0:
         raise PreferenceDataError(f"{where} is empty")
     if isinstance(rows, _Table):

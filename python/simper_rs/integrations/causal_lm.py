@@ -17,6 +17,7 @@ the model and the size of the difference. Mixture-of-Experts models return their
 load-balancing loss as ``aux_loss`` when called with ``output_router_logits=True``.
 See docs/design.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,7 +83,9 @@ def _resolve_head(head: torch.nn.Module) -> torch.nn.Module:
         if getattr(head, "disable_adapters", False) or not active:
             return head.original_module
         return head.modules_to_save[active[0]]
-    if hasattr(head, "base_layer") and any(hasattr(head, n) for n in ("lora_A", "lora_embedding_A", "lora_magnitude_vector")):
+    if hasattr(head, "base_layer") and any(
+        hasattr(head, n) for n in ("lora_A", "lora_embedding_A", "lora_magnitude_vector")
+    ):
         raise ValueError(
             f"the lm_head is adapted by PEFT ({type(head).__name__}): the fused-linear op computes h·Wᵀ with the base "
             "weight only. Leave the lm_head out of target_modules, or use fused_linear=False (use_fused_linear=False)"
@@ -93,7 +96,10 @@ def _resolve_head(head: torch.nn.Module) -> torch.nn.Module:
 def _output_head(model) -> torch.nn.Module:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
-        raise ValueError(f"the fused log-probs need a HuggingFace causal LM with an output projection (get_output_embeddings()), got {type(model).__name__}")
+        raise ValueError(
+            "the fused log-probs need a HuggingFace causal LM with an output projection (get_output_embeddings()), "
+            f"got {type(model).__name__}"
+        )
     return head
 
 
@@ -102,7 +108,9 @@ def _head_location(model, head) -> Tuple[torch.nn.Module, str]:
         for name, child in parent.named_children():
             if child is head:
                 return parent, name
-    raise ValueError(f"{type(model).__name__}.get_output_embeddings() ({type(head).__name__}) is not a submodule of the model")
+    raise ValueError(
+        f"{type(model).__name__}.get_output_embeddings() ({type(head).__name__}) is not a submodule of the model"
+    )
 
 
 class _HeadInputRecorder(torch.nn.Module):
@@ -149,10 +157,14 @@ def _head_input(model, previous, args, kwargs, spec: ModelTransform, length: int
         with _recording_head_input(model, head) as recorder:
             outputs = previous(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - any failure means the fused path does not fit this forward
-        raise _FusedUnavailable(f"its forward fails when the lm_head returns no logits ({type(err).__name__}: {err})") from err
+        raise _FusedUnavailable(
+            f"its forward fails when the lm_head returns no logits ({type(err).__name__}: {err})"
+        ) from err
     if len(recorder.inputs) != 1:
         raise _FusedUnavailable(
-            f"its forward calls the lm_head {len(recorder.inputs)} times" if recorder.inputs else "its forward computes the logits without calling the lm_head module"
+            f"its forward calls the lm_head {len(recorder.inputs)} times"
+            if recorder.inputs
+            else "its forward computes the logits without calling the lm_head module"
         )
     hidden = recorder.inputs[0]
     if spec.first_stream:
@@ -166,8 +178,15 @@ def _head_input(model, previous, args, kwargs, spec: ModelTransform, length: int
 def _fused_tokens(model, spec, hidden, labels, *, require_tokens, with_stats=True, mean_logits=True, shift=True):
     head = _resolve_head(_output_head(model))
     return head_token_logps(
-        head, hidden, labels, shift=shift, with_stats=with_stats, require_tokens=require_tokens, mean_logits=mean_logits,
-        transform=spec.transform, vocab_limit=spec.vocab_limit,
+        head,
+        hidden,
+        labels,
+        shift=shift,
+        with_stats=with_stats,
+        require_tokens=require_tokens,
+        mean_logits=mean_logits,
+        transform=spec.transform,
+        vocab_limit=spec.vocab_limit,
     )
 
 
@@ -222,7 +241,9 @@ def _tolerance(dtype: torch.dtype, magnitude: float) -> float:
     return 1e-4 * (magnitude + 1.0)
 
 
-def verify_fused_head(model, previous=None, args=(), kwargs=None, labels=None, *, positions: int = 16) -> Dict[str, float]:
+def verify_fused_head(
+    model, previous=None, args=(), kwargs=None, labels=None, *, positions: int = 16
+) -> Dict[str, float]:
     """Compare the fused log-probs of one sequence of a batch with ``log_softmax`` of the model's
     own logits on up to ``positions`` labelled positions; raise :class:`FusedHeadMismatch` (naming
     the model, the transform used and the size of the difference) beyond float tolerance.
@@ -281,7 +302,9 @@ def _guard_forward(model, previous, spec, args, kwargs, labels, positions):
     at = pick + offset
     head = _output_head(model)
     captured: List[Tuple[torch.Tensor, torch.dtype]] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: captured.append((inputs[0], getattr(output, "dtype", inputs[0].dtype))))
+    hook = head.register_forward_hook(
+        lambda module, inputs, output: captured.append((inputs[0], getattr(output, "dtype", inputs[0].dtype)))
+    )
     devices = [labels.device] if labels.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
@@ -302,7 +325,16 @@ def _guard_forward(model, previous, spec, args, kwargs, labels, positions):
             if not (keep and logits.shape[0] == at.numel()):
                 logits, hidden = logits[at], hidden[:, at]
             reference = torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None].to(logits.device)).squeeze(-1)
-            fused = _fused_tokens(model, spec, hidden, targets[None].to(hidden.device), require_tokens=False, with_stats=False, mean_logits=False, shift=False)
+            fused = _fused_tokens(
+                model,
+                spec,
+                hidden,
+                targets[None].to(hidden.device),
+                require_tokens=False,
+                with_stats=False,
+                mean_logits=False,
+                shift=False,
+            )
     finally:
         hook.remove()
     # The tolerance follows the coarsest precision the model's own logits went through (autocast
@@ -363,11 +395,16 @@ def add_logps_forward(model: torch.nn.Module) -> None:
     spec = model_transform(model)  # a malformed table entry fails here, not at the first step
     _check_head_parameters(model, head, spec)
     previous = model.forward
-    state = {"checked": os.environ.get(CHECK_ENV, "").strip().lower() in ("off", "0", "no", "false"), "unavailable": None}
+    state = {
+        "checked": os.environ.get(CHECK_ENV, "").strip().lower() in ("off", "0", "no", "false"),
+        "unavailable": None,
+    }
     takes_use_cache = _accepts(previous, "use_cache", through_kwargs=True)
 
     @functools.wraps(previous)
-    def forward(*args, simper_rs_labels=None, simper_rs_fused_linear=True, simper_rs_loss=None, simper_rs_refs=None, **kwargs):
+    def forward(
+        *args, simper_rs_labels=None, simper_rs_fused_linear=True, simper_rs_loss=None, simper_rs_refs=None, **kwargs
+    ):
         if simper_rs_labels is None:
             return previous(*args, **kwargs)
         if takes_use_cache:
@@ -408,19 +445,38 @@ def _fused_output(model, spec, hidden, labels, outputs, position_ids, loss_fn, r
         ref_chosen, ref_rejected = refs if refs is not None else (None, None)
         head = _resolve_head(_output_head(model))
         fused = fused_pair_loss(
-            loss_fn, hidden, labels, lm_head=head, position_ids=packed, ref_chosen=ref_chosen, ref_rejected=ref_rejected,
-            mean_logits=True, transform=spec.transform, vocab_limit=spec.vocab_limit,
+            loss_fn,
+            hidden,
+            labels,
+            lm_head=head,
+            position_ids=packed,
+            ref_chosen=ref_chosen,
+            ref_rejected=ref_rejected,
+            mean_logits=True,
+            transform=spec.transform,
+            vocab_limit=spec.vocab_limit,
         )
         if fused is not None:
             return TokenLogpsOutput(
-                token_logps=fused.token_logps, entropy=fused.entropy, correct=fused.correct, mean_logits=fused.mean_logits,
-                loss=fused.loss, sequence_logps=fused.logps, aux_loss=aux_loss,
+                token_logps=fused.token_logps,
+                entropy=fused.entropy,
+                correct=fused.correct,
+                mean_logits=fused.mean_logits,
+                loss=fused.loss,
+                sequence_logps=fused.logps,
+                aux_loss=aux_loss,
             )
     # Packed rows (position_ids restarting at 0): every packed sequence needs a response token.
     if packed is not None:
         check_packed_inputs(labels, packed, ignore_index=-100, shift=True, require_tokens=True)
     out = _fused_tokens(model, spec, hidden, labels, require_tokens=packed is None)
-    return TokenLogpsOutput(token_logps=out.token_logps, entropy=out.entropy, correct=out.correct, mean_logits=out.mean_logits, aux_loss=aux_loss)
+    return TokenLogpsOutput(
+        token_logps=out.token_logps,
+        entropy=out.entropy,
+        correct=out.correct,
+        mean_logits=out.mean_logits,
+        aux_loss=aux_loss,
+    )
 
 
 def _logits_output(outputs, labels, position_ids) -> TokenLogpsOutput:
@@ -433,4 +489,10 @@ def _logits_output(outputs, labels, position_ids) -> TokenLogpsOutput:
     logps, (entropy, correct) = token_logps_and_stats(logits, labels, -100, True, "auto", True)
     with torch.no_grad():
         mean_logits = logits[:, :-1].mean(-1, dtype=torch.float32) * (labels[:, 1:] != -100)
-    return TokenLogpsOutput(token_logps=logps, entropy=entropy, correct=correct, mean_logits=mean_logits, aux_loss=getattr(outputs, "aux_loss", None))
+    return TokenLogpsOutput(
+        token_logps=logps,
+        entropy=entropy,
+        correct=correct,
+        mean_logits=mean_logits,
+        aux_loss=getattr(outputs, "aux_loss", None),
+    )

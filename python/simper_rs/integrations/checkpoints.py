@@ -16,6 +16,7 @@ hook for them. They are checked when a :class:`ResumableTrainer` is made, so a t
 release that renamed one is a clear error, not a resume that silently logs something else; the
 releases tested are those of ``TESTED_TRANSFORMERS`` (CI runs the resume tests on both ends).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,15 +32,29 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .trainer import PreferenceTrainer
 
-__all__ = ["ResumableTrainer", "CheckpointError", "checkpoints_by_step", "find_checkpoint", "STAGING", "TESTED_TRANSFORMERS"]
+__all__ = [
+    "ResumableTrainer",
+    "CheckpointError",
+    "checkpoints_by_step",
+    "find_checkpoint",
+    "STAGING",
+    "TESTED_TRANSFORMERS",
+]
 
 STAGING = ".incomplete"
 #: The transformers releases the resume tests run on (the trl extra's floor and the pinned one).
 TESTED_TRANSFORMERS = ("5.20", "5.24")
 #: The Trainer's private methods this module overrides, and the attributes of its training loop
 #: it reads and restores (the logging state).
-TRAINER_METHODS = ("_run_epoch", "_save_checkpoint", "_load_from_checkpoint", "_load_optimizer_and_scheduler", "_load_rng_state")
+TRAINER_METHODS = (
+    "_run_epoch",
+    "_save_checkpoint",
+    "_load_from_checkpoint",
+    "_load_optimizer_and_scheduler",
+    "_load_rng_state",
+)
 TRAINER_ATTRIBUTES = ("_tr_loss", "_total_loss_scalar", "_globalstep_last_logged")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What a checkpoint must hold to be resumed from (the model is model.safetensors or sharded).
 _REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
@@ -56,7 +71,9 @@ def checkpoints_by_step(checkpoints_dir: Path) -> List[Path]:
     """The ``checkpoint-<step>`` folders in ``checkpoints_dir``, lowest step first (none if it is missing)."""
     if not checkpoints_dir.is_dir():
         return []
-    found = sorted((int(m.group(1)), p) for p in checkpoints_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
+    found = sorted(
+        (int(m.group(1)), p) for p in checkpoints_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    )
     return [path for _, path in found]
 
 
@@ -186,7 +203,9 @@ class ResumableTrainer(PreferenceTrainer):
             rank = self.args.process_index
             path = Path(resume_from_checkpoint) / _state_file(rank)
             if not path.is_file():
-                raise CheckpointError(f"{resume_from_checkpoint} has no {path.name}: resume with as many processes as saved it")
+                raise CheckpointError(
+                    f"{resume_from_checkpoint} has no {path.name}: resume with as many processes as saved it"
+                )
             self._resume_state = json.loads(path.read_text())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -233,7 +252,9 @@ class ResumableTrainer(PreferenceTrainer):
             self.args.output_dir = str(final)
         state = {
             **_logging_state(self),
-            "stored_metrics": {split: {k: list(v) for k, v in metrics.items()} for split, metrics in self._stored_metrics.items()},
+            "stored_metrics": {
+                split: {k: list(v) for k, v in metrics.items()} for split, metrics in self._stored_metrics.items()
+            },
             "extra": self.extra_state,
         }
         (staging / name / _state_file(self.args.process_index)).write_text(json.dumps(state))
@@ -249,7 +270,9 @@ class ResumableTrainer(PreferenceTrainer):
                 pass
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(str(staging)):
                 self.state.best_model_checkpoint = str(final / name)
-            rotate_checkpoints(str(final), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(
+                str(final), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
+            )
         self.accelerator.wait_for_everyone()
 
     @staticmethod

@@ -5,6 +5,7 @@ one forward per batch on the concatenated [chosen; rejected] batch, and logs TRL
 in train and eval. It works with gradient accumulation, bf16 autocast, gradient checkpointing
 and torch.distributed through Accelerate, since all of that is the base Trainer's.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -95,12 +96,18 @@ def preference_loss(
         # With a gradient to take, the loss is computed there too, its gradients in the forward
         # (simper_rs.fused_loss); else (evaluation) from the token log-probs.
         add_logps_forward(_unwrap(model))
-        ref_pair = (refs["ref_chosen_logps"], refs["ref_rejected_logps"]) if refs.get("ref_chosen_logps") is not None else None
+        ref_pair = (
+            (refs["ref_chosen_logps"], refs["ref_rejected_logps"]) if refs.get("ref_chosen_logps") is not None else None
+        )
         out = model(**policy_inputs, simper_rs_labels=labels, simper_rs_loss=loss_fn, simper_rs_refs=ref_pair)
         device = out.token_logps.device
         logps, metrics = reduce_with_stats(
-            out.token_logps, (out.entropy, out.correct) if loss_fn.return_stats else None, labels.to(device),
-            -100, True, True,  # the labels convention of add_logps_forward (HF: -100, shifted)
+            out.token_logps,
+            (out.entropy, out.correct) if loss_fn.return_stats else None,
+            labels.to(device),
+            -100,
+            True,
+            True,  # the labels convention of add_logps_forward (HF: -100, shifted)
             position_ids.to(device) if position_ids is not None else None,
         )
         if out.loss is not None:
@@ -202,11 +209,16 @@ class PreferenceTrainer(_trainer_base()):
             if processing_class is None:
                 raise ValueError("pass processing_class (the tokenizer) or a data_collator")
             data_collator = PreferenceCollator(
-                processing_class, max_length=max_length, max_prompt_length=max_prompt_length, padding_free=padding_free,
+                processing_class,
+                max_length=max_length,
+                max_prompt_length=max_prompt_length,
+                padding_free=padding_free,
                 max_tokens_per_row=max_tokens_per_row,
             )
         elif padding_free and not getattr(data_collator, "padding_free", False):
-            raise ValueError("padding_free=True needs a collator that packs: pass no data_collator, or PreferenceCollator(..., padding_free=True)")
+            raise ValueError(
+                "padding_free=True needs a collator that packs: pass no data_collator, or PreferenceCollator(..., padding_free=True)"
+            )
         if isinstance(train_dataset, (str, list)):
             train_dataset = load_preference_data(train_dataset)
         if isinstance(eval_dataset, (str, list)):
@@ -233,7 +245,12 @@ class PreferenceTrainer(_trainer_base()):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = preference_loss(
-            model, inputs, self.loss_fn, ref_model=self.ref_model, fused_linear=self.fused_linear, aux_loss_coef=self.router_aux_loss_coef
+            model,
+            inputs,
+            self.loss_fn,
+            ref_model=self.ref_model,
+            fused_linear=self.fused_linear,
+            aux_loss_coef=self.router_aux_loss_coef,
         )
         split = "train" if model.training else "eval"
         for name, value in out.metrics.items():

@@ -14,6 +14,7 @@ fused step checks that assumption against the model's own logits (``verify_fused
 :mod:`simper_rs.integrations.causal_lm`), so a family missing here is refused with a clear
 error, never trained on the wrong distribution. docs/design.md explains the design.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -143,7 +144,9 @@ class ModelTransform:
 def _head_value(head: torch.nn.Module, source: str):
     name = source.split(".", 1)[1]
     if not hasattr(head, name):
-        raise ValueError(f"{type(head).__name__} has no attribute {name!r} ({source} in simper_rs's logit-transform table)")
+        raise ValueError(
+            f"{type(head).__name__} has no attribute {name!r} ({source} in simper_rs's logit-transform table)"
+        )
     value = getattr(head, name)
     return value.float() if isinstance(value, torch.Tensor) else float(value)
 
@@ -192,7 +195,11 @@ def model_transform(model) -> ModelTransform:
     if constant == 1.0:
         constant = None
     return ModelTransform(
-        model_type=model_type, steps=steps, vocab_limit=vocab_limit, first_stream=first_stream, _scales=tuple(scales),
-        _constant_scale=constant, _softcap=softcap,
+        model_type=model_type,
+        steps=steps,
+        vocab_limit=vocab_limit,
+        first_stream=first_stream,
+        _scales=tuple(scales),
+        _constant_scale=constant,
+        _softcap=softcap,
     )
-

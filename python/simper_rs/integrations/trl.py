@@ -26,6 +26,7 @@ Metrics use TRL's names. ``logps/chosen`` and ``logps/rejected`` are the mean ov
 u = ℓ_θ - ℓ_ref for DIL with a reference (docs/design.md, "Metrics"); ``mean_token_accuracy`` is over the chosen
 completions and ``entropy`` over all completions, as TRL computes them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,9 @@ from .causal_lm import add_logps_forward
 from .trainer import router_loss
 
 SUPPORTED_TRL = ("1.14", "1.17")  # [lower, upper): TRL 1.14, 1.15 and 1.16, each tested (see _TRL_1_15)
-SUPPORTED_TRANSFORMERS = "5.20"  # the oldest transformers tested with them (axolotl 0.21: trl 1.14.1, transformers 5.20.1)
+SUPPORTED_TRANSFORMERS = (
+    "5.20"  # the oldest transformers tested with them (axolotl 0.21: trl 1.14.1, transformers 5.20.1)
+)
 
 
 def _import_trl():
@@ -103,7 +106,15 @@ def _check_release_options(args) -> None:
         )
 
 
-__all__ = ["SimPERConfig", "SimPERTrainer", "DILConfig", "DILTrainer", "PackedPreferenceCollator", "SUPPORTED_TRL", "SUPPORTED_TRANSFORMERS"]
+__all__ = [
+    "SimPERConfig",
+    "SimPERTrainer",
+    "DILConfig",
+    "DILTrainer",
+    "PackedPreferenceCollator",
+    "SUPPORTED_TRL",
+    "SUPPORTED_TRANSFORMERS",
+]
 
 # DPOConfig fields that only TRL's DPO losses or its reference model read. SimPER (and
 # reference-free DIL) refuse a non-default value rather than silently ignore it.
@@ -139,7 +150,9 @@ def _refuse_set_fields(config, names, why: str) -> None:
         if name == "loss_type" and isinstance(value, str):
             value = [value]
         if value != default:
-            raise ValueError(f"{type(config).__name__}: {name}={value!r} does not apply: {why}; leave it at its default ({default!r})")
+            raise ValueError(
+                f"{type(config).__name__}: {name}={value!r} does not apply: {why}; leave it at its default ({default!r})"
+            )
 
 
 @dataclass
@@ -148,10 +161,13 @@ class _LogpsOptions:
 
     use_fused_linear: bool = field(
         default=True,
-        metadata={"help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."},
+        metadata={
+            "help": "Log-probs from hidden states and lm_head without building the logits (False: logits + fused kernel)."
+        },
     )
     max_tokens_per_row: Optional[int] = field(
-        default=None, metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."}
+        default=None,
+        metadata={"help": "With padding_free: pack into rows of at most this many tokens (default: one row)."},
     )
 
 
@@ -165,7 +181,6 @@ class SimPERConfig(_LogpsOptions, DPOConfig):
     the log-probs from the hidden states and the ``lm_head`` without building the logits;
     False builds the logits with the ``lm_head`` module and reduces them with the fused kernel.
     """
-
 
     def __post_init__(self):
         _refuse_set_fields(self, ("beta",) + _DPO_LOSS_FIELDS, "SimPER has no hyperparameter and its own loss")
@@ -247,7 +262,11 @@ class PackedPreferenceCollator:
                 ids = list(example["prompt_ids"]) + list(example[key])
                 mask = [0] * len(example["prompt_ids"]) + [1] * len(example[key])
                 if self.max_length is not None:
-                    cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+                    cut = (
+                        slice(None, self.max_length)
+                        if self.truncation_mode == "keep_start"
+                        else slice(-self.max_length, None)
+                    )
                     ids, mask = ids[cut], mask[cut]
                 sequences.append((ids, [0] + mask[1:]))
         rows = pack_rows(sequences, self.pad_token_id, self.max_tokens_per_row, label_fill=0)
@@ -307,12 +326,16 @@ class _PreferenceLossTrainer(DPOTrainer):
         self._padding_free = bool(args.padding_free)
         if self._padding_free:
             if data_collator is not None:
-                raise ValueError("padding_free=True packs batches with simper_rs.trl.PackedPreferenceCollator; pass no data_collator")
+                raise ValueError(
+                    "padding_free=True packs batches with simper_rs.trl.PackedPreferenceCollator; pass no data_collator"
+                )
             args.padding_free = False  # TRL would warn that it falls back to padding
             pad = getattr(processing_class, "pad_token_id", None)
             pad = pad if pad is not None else getattr(processing_class, "eos_token_id", None)
             data_collator = PackedPreferenceCollator(
-                max_length=args.max_length, truncation_mode=args.truncation_mode, pad_token_id=pad if pad is not None else 0,
+                max_length=args.max_length,
+                truncation_mode=args.truncation_mode,
+                pad_token_id=pad if pad is not None else 0,
                 max_tokens_per_row=args.max_tokens_per_row,
             )
         _check_release_options(args)
@@ -333,7 +356,9 @@ class _PreferenceLossTrainer(DPOTrainer):
                 peft_config=peft_config,
             )
         if self._reference_free and self.ref_model is not None:  # pragma: no cover - guards a TRL change
-            raise RuntimeError(f"TRL {_import_trl().__version__} built a reference model; {type(self).__name__} must not have one")
+            raise RuntimeError(
+                f"TRL {_import_trl().__version__} built a reference model; {type(self).__name__} must not have one"
+            )
         add_logps_forward(self._backbone(self.model))
 
     # -- hooks for the concrete trainers
@@ -365,7 +390,9 @@ class _PreferenceLossTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         if with_loss:
             model_kwargs.update(simper_rs_loss=self._loss_module(), simper_rs_refs=refs)
-            if self.aux_loss_enabled:  # MoE: the model returns its router load-balancing loss (TRL's DPOTrainer does the same)
+            if (
+                self.aux_loss_enabled
+            ):  # MoE: the model returns its router load-balancing loss (TRL's DPOTrainer does the same)
                 model_kwargs["output_router_logits"] = True
         out = model(**model_kwargs, simper_rs_labels=labels, simper_rs_fused_linear=self._use_fused_linear)
         if out.sequence_logps is not None:
@@ -425,7 +452,11 @@ class _PreferenceLossTrainer(DPOTrainer):
         refs = None if self._reference_free else (ref_chosen, ref_rejected)
         logps, out = self._sequence_logps(model, inputs, with_loss=True, refs=refs)
         chosen, rejected = logps.chunk(2, dim=0)
-        loss = out.loss if out.loss is not None else self._loss_module().pair_loss(chosen, rejected, ref_chosen, ref_rejected)
+        loss = (
+            out.loss
+            if out.loss is not None
+            else self._loss_module().pair_loss(chosen, rejected, ref_chosen, ref_rejected)
+        )
         aux_loss = router_loss(model, out.aux_loss) if self.aux_loss_enabled else None
         if aux_loss is not None:
             # The router load-balancing loss, weighted and logged as TRL's DPOTrainer does.
