@@ -195,10 +195,12 @@ def _check_head_parameters(model, head, spec: ModelTransform) -> None:
     does not read: the fused op would give them no gradient (and at their initial values the
     first-step check cannot tell, a learned scale of 1 changing nothing)."""
     try:
-        resolved = _resolve_head(head)
+        owner = head_weight_owner(_resolve_head(head))
     except ValueError:
-        return  # refused with its own message on the first fused call
-    owner = head_weight_owner(resolved)
+        # an adapted head is refused with its own message on the first fused call; a head that
+        # is no projection (a ModuleList of per-codebook heads) is never called as one, so the
+        # first fused call falls back to the model's own logits
+        return
     known = {"weight", "bias", *spec.head_attributes}
     unknown = [name for name, _ in owner.named_parameters() if name not in known and not name.startswith("_")]
     if unknown:
