@@ -5,6 +5,7 @@
 #   bash scripts/dev.sh train [ARGS...]   the main job: `simper-rs train` on the embedded default
 #   bash scripts/dev.sh test              cargo test + pytest
 #   bash scripts/dev.sh fuzz [SECONDS]    coverage-guided fuzzing of the Rust kernels (default 60 s)
+#   bash scripts/dev.sh lint              ruff, rustfmt, clippy and the docs site (scripts/lint.sh)
 #   bash scripts/dev.sh setup             only the set-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,7 @@ case "$cmd" in
         python -m mypy.stubtest simper_rs._core
         python -m pytest -q "$@"
         ;;
+    lint) setup; bash scripts/lint.sh ;;
     fuzz)
         # cargo-fuzz on the stable toolchain: coverage instrumentation without a sanitizer
         # (the kernels are safe Rust: an out-of-bounds access is a bounds-check panic, which
@@ -86,5 +88,5 @@ case "$cmd" in
             exit 1
         fi
         ;;
-    *) echo "usage: bash scripts/dev.sh {train|test|fuzz|setup} [ARGS...]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/dev.sh {train|test|lint|fuzz|setup} [ARGS...]" >&2; exit 2 ;;
 esac
