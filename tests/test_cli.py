@@ -229,7 +229,7 @@ def _as_given(saved_model, records, max_length=64, max_prompt_length=56):
 
 
 def test_real_use_on_parquet_moves_the_weights_only_as_far_as_two_steps_allow(tmp_path, saved_model):
-    """The README's real-use line on a model saved with save_pretrained: two AdamW steps at learning
+    """The real-use line of docs/cli.md on a model saved with save_pretrained: two AdamW steps at learning
     rate 1e-6 move no weight by more than 2e-6 (AdamW moves a weight by at most about the learning
     rate per step), so nothing else trained the model; "before" is the model as given."""
     datasets = pytest.importorskip("datasets")
