@@ -3,8 +3,8 @@
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-pub use simper_rs_core::losses::{dil, dil_grads, simper, simper_grads, LossMath};
 use simper_rs_core::losses::{check_beta as check_beta_value, Estimator, Reduction};
+pub use simper_rs_core::losses::{dil, dil_grads, simper, simper_grads, LossMath};
 
 /// A tensor as the loss formulas take it (the core crate's [`LossMath`] on `tch::Tensor`).
 pub struct Tensors(pub Tensor);

@@ -9,10 +9,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::bindings::torch::{accumulation_kind, dtype_name};
 use crate::error::{Error, Result};
+use crate::threads;
 use simper_rs_core::kernels::element::Logit;
 use simper_rs_core::kernels::logps::{self, ForwardOutputs, KernelError, LogitsRows};
 use simper_rs_core::kernels::transform::LogitTransform;
-use crate::threads;
 
 impl From<KernelError> for Error {
     fn from(err: KernelError) -> Self {

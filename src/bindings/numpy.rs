@@ -10,11 +10,11 @@ use pyo3::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::losses::{self, check_beta};
+use crate::threads;
 use simper_rs_core::kernels::element::{Accum, Logit};
 use simper_rs_core::kernels::logps::{self, ForwardOutputs, LogitsRows};
 use simper_rs_core::kernels::transform::LogitTransform;
 use simper_rs_core::losses::Reduction;
-use crate::threads;
 
 /// Logits as a [`LogitsRows`] view of the array's memory, or of a contiguous copy when the
 /// strides cannot be expressed (negative, or a non-contiguous vocabulary dimension).

@@ -9,8 +9,8 @@ use pyo3_tch::PyTensor;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use simper_rs_core::kernels::transform::LogitTransform;
 use crate::losses::{self, check_beta, Tensors};
+use simper_rs_core::kernels::transform::LogitTransform;
 use simper_rs_core::losses::Reduction;
 
 pub(crate) fn dtype_name(kind: Kind) -> &'static str {
@@ -512,7 +512,8 @@ pub fn dil_loss(
     let out = py.allow_threads(move || -> Result<Tensor> {
         let p =
             pair_inputs(&chosen_logps, &rejected_logps, ref_chosen_logps.as_deref(), ref_rejected_logps.as_deref())?;
-        let (chosen, u_chosen, u_rejected) = (Tensors::of(&p.chosen), Tensors::of(&p.u_chosen), Tensors::of(&p.u_rejected));
+        let (chosen, u_chosen, u_rejected) =
+            (Tensors::of(&p.chosen), Tensors::of(&p.u_chosen), Tensors::of(&p.u_rejected));
         Ok(reduce(losses::dil(estimator, beta, &chosen, &u_chosen, &u_rejected).0, reduction).to_kind(p.out_kind))
     })?;
     Ok(PyTensor(out))

@@ -221,7 +221,10 @@ mod tests {
 
     #[test]
     fn unknown_names_are_rejected() {
-        assert_eq!(Estimator::parse("dpo").unwrap_err(), "estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got 'dpo'");
+        assert_eq!(
+            Estimator::parse("dpo").unwrap_err(),
+            "estimator must be one of ['lsif', 'bce', 'ukl', 'cpc'], got 'dpo'"
+        );
         assert!(Reduction::parse("avg").unwrap_err().contains("reduction"));
         assert!(check_beta(0.0).is_err() && check_beta(f64::INFINITY).is_err() && check_beta(0.1).is_ok());
         for e in Estimator::ALL {
