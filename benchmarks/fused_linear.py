@@ -24,14 +24,17 @@ take targets aligned with the hidden states, so they get hidden[:, :-1] and labe
 made before the measurement); simper_rs shifts itself.
 
 "Extra peak" is the resident peak of one forward+backward above the process's level before it,
-minus the gradients of hidden and W, which every method produces (see simper_rs.bench.PeakRSS).
+minus the gradients of hidden and W, which every method produces (see simper_rs.cli.bench.PeakRSS).
 Rows are interleaved over ``--rounds`` (each round runs every method once, in a fresh process)
 and the median over rounds is reported, with the range, since the machine is shared and noisy.
 A peer that is not installed gives a "skipped" row.
 
     python benchmarks/fused_linear.py --table all --rounds 3   # the tables of RESULTS.md
     python benchmarks/fused_linear.py --quick                  # small sizes, one round: a smoke run
+
+The rows go to benchmarks/results/fused_linear.json too (``--json PATH``; none for ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +42,16 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
-from simper_rs.bench import PeakRSS, baseline_log_softmax, fmt_bytes, median_seconds, run_isolated
+from simper_rs.cli.bench import PeakRSS, Results, baseline_log_softmax, fmt_bytes, median_seconds, run_isolated
 
 LOSS_METHODS = ["materialised", "simper_rs_fused", "liger_simpo_eager", "liger_simpo_compiled", "gemm_floor"]
 LOGPS_METHODS = ["materialised", "compiled", "simper_rs_linear", "trl_chunked", "gemm_floor"]
 # (pairs' sequences B, length T, hidden H, vocabulary V): the size of issue 16's target.
 FULL = (8, 256, 1024, 32000)
 QUICK = (4, 64, 128, 2048)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Skipped(Exception):
@@ -67,7 +72,9 @@ def _trl_chunked():
     try:
         from trl.kernels import ChunkedLogProbFunction
     except ImportError as e:
-        raise Skipped(f"trl.kernels.ChunkedLogProbFunction not importable ({e}); pip install 'trl>=1.16,<1.17'") from None
+        raise Skipped(
+            f"trl.kernels.ChunkedLogProbFunction not importable ({e}); pip install 'trl>=1.16,<1.17'"
+        ) from None
     return ChunkedLogProbFunction
 
 
@@ -158,50 +165,94 @@ def child(args: dict) -> dict:
     return {"seconds": seconds, "extra_peak": peak.peak_bytes - grads, "measured_memory": differentiable}
 
 
-def run_table(table: str, size, rounds: int, repeats: int, padding: bool) -> None:
+TITLE = {"loss": "SimPER-style loss", "logps": "per-sequence log-probs"}
+TABLE_HEADER = [
+    "| method | fwd+bwd | range | time vs materialised | extra peak | peak vs materialised |",
+    "| --- | --- | --- | --- | --- | --- |",
+]
+PEERS = ("liger_simpo_compiled", "liger_simpo_eager", "trl_chunked", "compiled", "materialised", "gemm_floor")
+
+
+def table_title(table: str, size, cores: int, repeats: int, rounds: int) -> str:
+    b, t, h, v = size
+    return (
+        f"{TITLE[table]}, B={b} T={t} H={h} V={v} float32, {cores} CPU threads, "
+        f"forward+backward median of {repeats} steps per process, median over {rounds} rounds (range)"
+    )
+
+
+def run_table(table: str, size, rounds: int, repeats: int, padding: bool) -> list:
+    """Every method of `table`, `rounds` times interleaved; one row per method: the median
+    seconds over rounds, their range, the median extra peak (bytes) and the ratios to
+    materialised; a peer that did not run has ``skipped`` or ``error``."""
     methods = LOSS_METHODS if table == "loss" else LOGPS_METHODS
     results = {m: [] for m in methods}
     for _ in range(rounds):  # interleaved, so that a noisy stretch of the machine hits every row
         for m in methods:
-            r = run_isolated(__file__, {"table": table, "method": m, "size": size, "repeats": repeats, "padding": padding})
-            results[m].append(r)
-    b, t, h, v = size
-    what = "SimPER-style loss" if table == "loss" else "per-sequence log-probs"
-    print(f"\n{what}, B={b} T={t} H={h} V={v} float32, {os.cpu_count()} CPU threads, "
-          f"forward+backward median of {repeats} steps per process, median over {rounds} rounds (range)\n")
-    print("| method | fwd+bwd | range | time vs materialised | extra peak | peak vs materialised |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    summary = {}
+            args = {"table": table, "method": m, "size": size, "repeats": repeats, "padding": padding}
+            results[m].append(run_isolated(__file__, args))
+    rows = []
     for m in methods:
-        rs = results[m]
-        bad = next((r for r in rs if "skipped" in r or "error" in r), None)
+        row = {"table": table, "method": m}
+        bad = next((r for r in results[m] if "skipped" in r or "error" in r), None)
         if bad is not None:
-            print(f"| {m} | {'skipped: ' + bad['skipped'] if 'skipped' in bad else 'failed: ' + bad['error']} | | | | |")
+            rows.append({**row, **({"skipped": bad["skipped"]} if "skipped" in bad else {"error": bad["error"]})})
             continue
-        secs = [r["seconds"] for r in rs]
-        summary[m] = (statistics.median(secs), statistics.median(r["extra_peak"] for r in rs), rs[0]["measured_memory"])
-    base = summary.get("materialised")
-    for m in methods:
-        if m not in summary:
-            continue
-        s, p, measured = summary[m]
         secs = [r["seconds"] for r in results[m]]
-        ratio = f"{s / base[0]:.2f}x" if base else ""
-        mem = fmt_bytes(p) if measured else "n/a (time floor)"
-        mem_ratio = f"{p / base[1]:.2f}x" if base and measured and base[1] > 0 else ""
-        print(f"| {m} | {s:.3f} s | {min(secs):.3f}-{max(secs):.3f} s | {ratio} | {mem} | {mem_ratio} |", flush=True)
+        measured = results[m][0]["measured_memory"]
+        extra = statistics.median(r["extra_peak"] for r in results[m])
+        rows.append(
+            {
+                **row,
+                "seconds": statistics.median(secs),
+                "low": min(secs),
+                "high": max(secs),
+                "round_seconds": secs,
+                "extra_peak_bytes": extra if measured else None,
+            }
+        )
+    base = next((r for r in rows if r["method"] == "materialised" and "seconds" in r), None)
+    for row in rows:
+        if "seconds" in row:
+            row["vs_materialised"] = row["seconds"] / base["seconds"] if base else None
+            extra, base_extra = row["extra_peak_bytes"], base["extra_peak_bytes"] if base else None
+            row["peak_vs_materialised"] = extra / base_extra if extra is not None and (base_extra or 0) > 0 else None
+    return rows
+
+
+def table_row(row: dict) -> str:
+    if "skipped" in row or "error" in row:
+        reason = "skipped: " + row["skipped"] if "skipped" in row else "failed: " + row["error"]
+        return f"| {row['method']} | {reason} | | | | |"
+    measured = row["extra_peak_bytes"] is not None
+    mem = fmt_bytes(row["extra_peak_bytes"]) if measured else "n/a (time floor)"
+    mem_ratio = f"{row['peak_vs_materialised']:.2f}x" if row["peak_vs_materialised"] else ""
+    time_ratio = f"{row['vs_materialised']:.2f}x" if row["vs_materialised"] else ""
+    return (
+        f"| {row['method']} | {row['seconds']:.3f} s | {row['low']:.3f}-{row['high']:.3f} s | {time_ratio} | "
+        f"{mem} | {mem_ratio} |"
+    )
+
+
+def render_table(table: str, rows: list, size, cores: int, repeats: int, rounds: int) -> str:
+    """The table, then simper_rs's ratios to each peer, as the run printed them."""
+    failed = [table_row(r) for r in rows if "seconds" not in r]
+    lines = ["", table_title(table, size, cores, repeats, rounds), "", *TABLE_HEADER, *failed]
+    lines += [table_row(r) for r in rows if "seconds" in r]
+    summary = {r["method"]: r for r in rows if "seconds" in r}
     ours = summary.get("simper_rs_fused" if table == "loss" else "simper_rs_linear")
     if ours:
-        print()
-        for peer in ("liger_simpo_compiled", "liger_simpo_eager", "trl_chunked", "compiled", "materialised", "gemm_floor"):
-            if peer in summary and peer in methods:
-                line = f"simper_rs / {peer}: time {ours[0] / summary[peer][0]:.2f}x"
-                if summary[peer][2] and summary[peer][1] > 0:
-                    line += f", extra peak {ours[1] / summary[peer][1]:.2f}x"
-                print(line)
+        lines.append("")
+        for peer in PEERS:
+            if peer in summary:
+                line = f"simper_rs / {peer}: time {ours['seconds'] / summary[peer]['seconds']:.2f}x"
+                if (summary[peer]["extra_peak_bytes"] or 0) > 0:
+                    line += f", extra peak {ours['extra_peak_bytes'] / summary[peer]['extra_peak_bytes']:.2f}x"
+                lines.append(line)
+    return "\n".join(lines)
 
 
-def paper_extrapolation(n=16384, h=4096, v=128256, elt=2) -> str:
+def paper_extrapolation(n=16384, h=4096, v=128256, elt=2) -> dict:
     """Memory beyond inputs and parameter gradients at a Llama-3-8B batch, bfloat16, from the
     algorithms' allocations (not measured: no machine here holds it)."""
     import simper_rs
@@ -220,24 +271,55 @@ def paper_extrapolation(n=16384, h=4096, v=128256, elt=2) -> str:
         ("fused_linear, chunk buffers", 2 * chunk * v * elt + n * 4 * 4),
         ("fused_linear, + float32 grad-W accumulator", 2 * chunk * v * elt + n * 4 * 4 + accumulator),
     ]
-    out = [f"Paper extrapolation, N = {n}, H = {h}, V = {v}, bfloat16 (chunk = {chunk} positions):", ""]
-    out += ["| path | extra memory |", "| --- | --- |"]
-    out += [f"| {name} | {fmt_bytes(b)} |" for name, b in rows]
+    return {"n": n, "h": h, "v": v, "chunk": chunk, "rows": [{"path": name, "bytes": b} for name, b in rows]}
+
+
+def render_extrapolation(e: dict) -> str:
+    rows = e["rows"]
+    out = [f"Paper extrapolation, N = {e['n']}, H = {e['h']}, V = {e['v']}, bfloat16 (chunk = {e['chunk']} positions):"]
+    out += ["", "| path | extra memory |", "| --- | --- |"]
+    out += [f"| {r['path']} | {fmt_bytes(r['bytes'])} |" for r in rows]
     out.append(
-        f"\nfused_linear / materialised log_softmax: {rows[2][1] / rows[0][1]:.1%} "
-        f"({rows[3][1] / rows[0][1]:.1%} counting the float32 accumulator)"
+        f"\nfused_linear / materialised log_softmax: {rows[2]['bytes'] / rows[0]['bytes']:.1%} "
+        f"({rows[3]['bytes'] / rows[0]['bytes']:.1%} counting the float32 accumulator)"
     )
     return "\n".join(out)
+
+
+def render(data: dict) -> str:
+    """What the run printed after its command line, from its JSON (benchmarks/report.py)."""
+    s = data["settings"]
+    parts = [
+        render_table(
+            table,
+            [r for r in data["rows"] if r["table"] == table],
+            s["size"],
+            data["machine"]["cores"],
+            s["repeats"],
+            s["rounds"],
+        )
+        for table in s["tables"]
+    ]
+    if data.get("extrapolation"):
+        parts += ["", render_extrapolation(data["extrapolation"])]
+    return "\n".join(parts).lstrip("\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--table", choices=["loss", "logps", "all"], default="all")
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per method, interleaved; median reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="fresh processes per method, interleaved; median reported"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per process (after one warm-up)")
     parser.add_argument("--quick", action="store_true", help="small sizes and one round, for a smoke run")
     parser.add_argument("--no-padding", action="store_true", help="every label counts (no masked prompt or padding)")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the rows (default: benchmarks/results/fused_linear.json; --quick: none)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -247,12 +329,25 @@ def main() -> None:
             parser.error(f"{name} must be at least 1, got {value}")
     size, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
     tables = ["loss", "logps"] if args.table == "all" else [args.table]
+    results = Results(
+        "fused_linear",
+        args.table,
+        size=size,
+        rounds=rounds,
+        repeats=args.repeats,
+        padding=not args.no_padding,
+        tables=tables,
+    )
     print(f"python {' '.join(sys.argv)}")
     for table in tables:
-        run_table(table, size, rounds, args.repeats, not args.no_padding)
+        rows = run_table(table, size, rounds, args.repeats, not args.no_padding)
+        results.rows.extend(rows)
+        print(render_table(table, rows, size, os.cpu_count(), args.repeats, rounds), flush=True)
     if args.table == "all":
+        results.data["extrapolation"] = paper_extrapolation()
         print()
-        print(paper_extrapolation())
+        print(render_extrapolation(results.data["extrapolation"]))
+    results.write(args.json or (None if args.quick else RESULTS / "fused_linear.json"))
 
 
 if __name__ == "__main__":

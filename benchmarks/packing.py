@@ -16,7 +16,10 @@ Each method runs in its own process (peak resident memory above the level after 
 
     python benchmarks/packing.py            # the sizes of RESULTS.md (about 5 minutes on 2 cores)
     python benchmarks/packing.py --quick    # a smaller model, seconds
+
+The rows go to benchmarks/results/packing.json too (``--json PATH``; none for ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +28,13 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from trainer import make_model, make_tokenizer  # noqa: E402  (benchmarks/trainer.py)
 
-from simper_rs.bench import PeakRSS, fmt_bytes, run_isolated  # noqa: E402
+from simper_rs.cli.bench import PeakRSS, Results, fmt_bytes, run_isolated  # noqa: E402
 
 SIZES = {
     "full": dict(hidden=256, layers=4, heads=4, vocab=32000, pairs=8, steps=6, warmup=1),
@@ -38,6 +42,7 @@ SIZES = {
 }
 PROMPT_MEDIAN, COMPLETION_MEDIAN, SIGMA = 64, 48, 0.8
 ROW_TOKENS = 512
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def lognormal_length(rng, median: int) -> int:
@@ -50,8 +55,11 @@ def make_records(size: dict, count: int):
     rng = random.Random(0)
     words = lambda n: " ".join(f"w{rng.randrange(size['vocab'] - 4)}" for _ in range(n))  # noqa: E731
     return [
-        {"prompt": words(lognormal_length(rng, PROMPT_MEDIAN)), "chosen": words(lognormal_length(rng, COMPLETION_MEDIAN)),
-         "rejected": words(lognormal_length(rng, COMPLETION_MEDIAN))}
+        {
+            "prompt": words(lognormal_length(rng, PROMPT_MEDIAN)),
+            "chosen": words(lognormal_length(rng, COMPLETION_MEDIAN)),
+            "rejected": words(lognormal_length(rng, COMPLETION_MEDIAN)),
+        }
         for _ in range(count)
     ]
 
@@ -69,8 +77,14 @@ def child(args: dict) -> dict:
     steps = size["warmup"] + size["steps"]
     records = make_records(size, size["pairs"] * steps)
     batching, head = args["method"].rsplit("/", 1)
-    packing = {"padded": {}, "packed": dict(padding_free=True), "packed_rows": dict(padding_free=True, max_tokens_per_row=ROW_TOKENS)}
-    collator = PreferenceCollator(tokenizer, max_length=16 * PROMPT_MEDIAN, max_prompt_length=8 * PROMPT_MEDIAN, **packing[batching])
+    packing = {
+        "padded": {},
+        "packed": dict(padding_free=True),
+        "packed_rows": dict(padding_free=True, max_tokens_per_row=ROW_TOKENS),
+    }
+    collator = PreferenceCollator(
+        tokenizer, max_length=16 * PROMPT_MEDIAN, max_prompt_length=8 * PROMPT_MEDIAN, **packing[batching]
+    )
     loss_fn = SimPERLoss()
     times, losses, computed, real = [], [], [], []
     with PeakRSS() as peak:
@@ -86,7 +100,13 @@ def child(args: dict) -> dict:
             times.append(time.perf_counter() - start)
             losses.append(out.loss.item())
             computed.append(batch["input_ids"].numel())
-            real.append(sum(len(r["prompt"].split()) + len(r[k].split()) + 2 for r in records[step * size["pairs"] : (step + 1) * size["pairs"]] for k in ("chosen", "rejected")))
+            real.append(
+                sum(
+                    len(r["prompt"].split()) + len(r[k].split()) + 2
+                    for r in records[step * size["pairs"] : (step + 1) * size["pairs"]]
+                    for k in ("chosen", "rejected")
+                )
+            )
     return {
         "seconds": statistics.median(times[size["warmup"] :]),
         "computed": statistics.mean(computed),
@@ -96,7 +116,7 @@ def child(args: dict) -> dict:
     }
 
 
-def op_comparison(repeats: int = 5) -> str:
+def op_comparison(repeats: int = 5) -> dict:
     """The log-prob op alone, fwd+bwd: per-row on the padded batch against segmented on the packed
     row holding the same tokens (logits of the real tokens are identical)."""
     import torch
@@ -107,7 +127,10 @@ def op_comparison(repeats: int = 5) -> str:
     import random
 
     rng = random.Random(1)
-    lengths = [lognormal_length(rng, PROMPT_MEDIAN) + lognormal_length(rng, COMPLETION_MEDIAN) for _ in range(2 * size["pairs"])]
+    lengths = [
+        lognormal_length(rng, PROMPT_MEDIAN) + lognormal_length(rng, COMPLETION_MEDIAN)
+        for _ in range(2 * size["pairs"])
+    ]
     vocab, width = size["vocab"], max(lengths)
     g = torch.Generator().manual_seed(0)
     rows = [torch.randn(n, vocab, generator=g) for n in lengths]
@@ -135,48 +158,103 @@ def op_comparison(repeats: int = 5) -> str:
 
     per_row = timed(lambda x: simper_rs.sequence_logps(x, padded_labels), padded)
     segmented = timed(lambda x: simper_rs.sequence_logps(x, packed_labels, position_ids=position_ids), packed)
+    return {
+        "vocab": vocab,
+        "sequences": len(lengths),
+        "real_tokens": sum(lengths),
+        "width": width,
+        "repeats": repeats,
+        "per_row_seconds": per_row,
+        "segmented_seconds": segmented,
+        "vs_per_row": segmented / per_row,
+    }
+
+
+def render_op_comparison(op: dict) -> str:
+    sequences, width, real = op["sequences"], op["width"], op["real_tokens"]
     return (
-        f"log-prob op alone, fwd+bwd, V = {vocab}, {len(lengths)} sequences, {sum(lengths)} real tokens "
-        f"(padded batch {len(lengths)} x {width} = {len(lengths) * width} positions), median of {repeats}:\n\n"
+        f"log-prob op alone, fwd+bwd, V = {op['vocab']}, {sequences} sequences, {real} real tokens "
+        f"(padded batch {sequences} x {width} = {sequences * width} positions), median of {op['repeats']}:\n\n"
         "| op | input | fwd+bwd | vs per-row |\n| --- | --- | --- | --- |\n"
-        f"| per-row `sequence_logps` | padded [{len(lengths)}, {width}, V] | {per_row * 1e3:.0f} ms | 1.00x |\n"
-        f"| segmented `sequence_logps(position_ids=)` | packed [1, {sum(lengths)}, V] | {segmented * 1e3:.0f} ms | {segmented / per_row:.2f}x |"
+        f"| per-row `sequence_logps` | padded [{sequences}, {width}, V] | {op['per_row_seconds'] * 1e3:.0f} ms | 1.00x |\n"
+        f"| segmented `sequence_logps(position_ids=)` | packed [1, {real}, V] | {op['segmented_seconds'] * 1e3:.0f} ms | "
+        f"{op['vs_per_row']:.2f}x |"
     )
+
+
+def table_title(size: dict, cores: int) -> str:
+    return (
+        f"CPU threads: {cores}; Llama hidden {size['hidden']}, {size['layers']} layers, vocabulary {size['vocab']}; "
+        f"{size['pairs']} pairs per step; prompt/completion lengths log-normal (medians {PROMPT_MEDIAN}/{COMPLETION_MEDIAN}, "
+        f"sigma {SIGMA}, clipped to [4, 8x median]); float32; median of {size['steps']} steps after {size['warmup']} warm-up"
+    )
+
+
+TABLE_HEADER = [
+    "| lm_head | batch | tokens computed / step | real tokens / step | s / step | vs padded | peak above imports | "
+    "first-step loss |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def table_row(row: dict) -> str:
+    if "error" in row:
+        return f"| {row['head']} | {row['batching']} | failed: {row['error']} | | | | | |"
+    return (
+        f"| {row['head']} | {row['batching']} | {row['computed']:.0f} | {row['real']:.0f} | {row['seconds']:.3f} | "
+        f"{row['vs_padded']:.2f}x | {fmt_bytes(row['peak_bytes'])} | {row['first_loss']:.9e} |"
+    )
+
+
+def render(data: dict) -> str:
+    """What the run printed, from its JSON (benchmarks/report.py)."""
+    size = SIZES[data["settings"]["size"]]
+    lines = [table_title(size, data["machine"]["cores"]), "", *TABLE_HEADER, *map(table_row, data["rows"])]
+    if data.get("op_comparison"):
+        lines += ["", render_op_comparison(data["op_comparison"])]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the rows (default: benchmarks/results/packing.json; --quick: none)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     name = "quick" if args.quick else "full"
-    size = SIZES[name]
-    print(
-        f"CPU threads: {os.cpu_count()}; Llama hidden {size['hidden']}, {size['layers']} layers, vocabulary {size['vocab']}; "
-        f"{size['pairs']} pairs per step; prompt/completion lengths log-normal (medians {PROMPT_MEDIAN}/{COMPLETION_MEDIAN}, "
-        f"sigma {SIGMA}, clipped to [4, 8x median]); float32; median of {size['steps']} steps after {size['warmup']} warm-up\n"
-    )
-    print("| lm_head | batch | tokens computed / step | real tokens / step | s / step | vs padded | peak above imports | first-step loss |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    results = Results("packing", None, size=name)
+    print(table_title(SIZES[name], os.cpu_count()) + "\n")
+    print("\n".join(TABLE_HEADER))
     for head in ("fused_linear", "logits"):
         base = None
         for batching in ("padded", "packed", "packed_rows"):
             r = run_isolated(__file__, {"method": f"{batching}/{head}", "size": name})
+            row = {"head": head, "batching": batching}
             if "error" in r:
-                print(f"| {head} | {batching} | failed: {r['error']} | | | | | |", flush=True)
-                continue
-            base = base or r
-            print(
-                f"| {head} | {batching} | {r['computed']:.0f} | {r['real']:.0f} | {r['seconds']:.3f} | {r['seconds'] / base['seconds']:.2f}x | "
-                f"{fmt_bytes(r['peak'])} | {r['first_loss']:.9e} |",
-                flush=True,
-            )
+                row["error"] = r["error"]
+            else:
+                base = base or r
+                row.update(
+                    computed=r["computed"],
+                    real=r["real"],
+                    seconds=r["seconds"],
+                    vs_padded=r["seconds"] / base["seconds"],
+                    peak_bytes=r["peak"],
+                    first_loss=r["first_loss"],
+                )
+            print(table_row(results.add(row)), flush=True)
     if not args.quick:
+        results.data["op_comparison"] = op_comparison()
         print()
-        print(op_comparison())
+        print(render_op_comparison(results.data["op_comparison"]))
+    results.write(args.json or (None if args.quick else RESULTS / "packing.json"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ the level after imports (models, reference, optimizer state, activations).
 
     python benchmarks/trainer.py            # the sizes of RESULTS.md (about 3 minutes on 2 cores)
     python benchmarks/trainer.py --quick    # a smaller model and batch, seconds
+
+The rows go to benchmarks/results/trainer.json too (``--json PATH``; none for ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +30,20 @@ import resource
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
-from simper_rs.bench import PeakRSS, fmt_bytes, run_isolated
+from simper_rs.cli.bench import PeakRSS, Results, fmt_bytes, run_isolated
 
 METHODS = ["trl_dpo", "trl_simper_by_hand", "simper_rs_trl", "preference_trainer"]
 SIZES = {
-    "full": dict(hidden=256, layers=4, heads=4, vocab=32000, pairs=8, prompt=(64, 192), completion=(32, 160), warmup=2, steps=6),
-    "quick": dict(hidden=64, layers=2, heads=4, vocab=4000, pairs=4, prompt=(16, 48), completion=(8, 40), warmup=1, steps=2),
+    "full": dict(
+        hidden=256, layers=4, heads=4, vocab=32000, pairs=8, prompt=(64, 192), completion=(32, 160), warmup=2, steps=6
+    ),
+    "quick": dict(
+        hidden=64, layers=2, heads=4, vocab=4000, pairs=4, prompt=(16, 48), completion=(8, 40), warmup=1, steps=2
+    ),
 }
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_tokenizer(vocab: int):
@@ -47,7 +56,9 @@ def make_tokenizer(vocab: int):
     words = special + [f"w{i}" for i in range(vocab - len(special))]
     core = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def make_records(size: dict, count: int):
@@ -55,7 +66,14 @@ def make_records(size: dict, count: int):
 
     rng = random.Random(0)
     words = lambda lo_hi: " ".join(f"w{rng.randrange(size['vocab'] - 4)}" for _ in range(rng.randint(*lo_hi)))  # noqa: E731
-    return [{"prompt": words(size["prompt"]), "chosen": " " + words(size["completion"]), "rejected": " " + words(size["completion"])} for _ in range(count)]
+    return [
+        {
+            "prompt": words(size["prompt"]),
+            "chosen": " " + words(size["completion"]),
+            "rejected": " " + words(size["completion"]),
+        }
+        for _ in range(count)
+    ]
 
 
 def make_model(size: dict, tokenizer):
@@ -63,10 +81,17 @@ def make_model(size: dict, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=size["hidden"] * 4,
-        num_hidden_layers=size["layers"], num_attention_heads=size["heads"], num_key_value_heads=size["heads"],
-        max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=size["vocab"],
+        hidden_size=size["hidden"],
+        intermediate_size=size["hidden"] * 4,
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"],
+        num_key_value_heads=size["heads"],
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
@@ -84,9 +109,18 @@ def child(args: dict) -> dict:
     total_steps = size["warmup"] + size["steps"]
     records = make_records(size, size["pairs"] * total_steps)
     common = dict(
-        per_device_train_batch_size=size["pairs"], max_steps=total_steps, learning_rate=1e-5, logging_steps=1,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, bf16=False, gradient_checkpointing=False,
-        train_sampling_strategy="sequential", dataloader_num_workers=0,
+        per_device_train_batch_size=size["pairs"],
+        max_steps=total_steps,
+        learning_rate=1e-5,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
     )
     step_times, tokens = [], []
 
@@ -119,14 +153,22 @@ def child(args: dict) -> dict:
                 model.save_pretrained(out_dir + "/init")
                 tokenizer.save_pretrained(out_dir + "/init")
                 trainer = counting(DPOTrainer)(
-                    model=out_dir + "/init", args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer, callbacks=[Clock()]
+                    model=out_dir + "/init",
+                    args=config,
+                    train_dataset=Dataset.from_list(records),
+                    processing_class=tokenizer,
+                    callbacks=[Clock()],
                 )
             else:
                 original = dpo_trainer.create_model_from_path
                 dpo_trainer.create_model_from_path = lambda *a, **k: None  # SimPER needs no reference
                 try:
                     trainer = counting(_SimPEROnTRLFusedHead())(
-                        model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer, callbacks=[Clock()]
+                        model=model,
+                        args=config,
+                        train_dataset=Dataset.from_list(records),
+                        processing_class=tokenizer,
+                        callbacks=[Clock()],
                     )
                 finally:
                     dpo_trainer.create_model_from_path = original
@@ -136,7 +178,11 @@ def child(args: dict) -> dict:
 
             config = SimPERConfig(output_dir=out_dir, max_length=None, **common)
             trainer = counting(SimPERTrainer)(
-                model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer, callbacks=[Clock()]
+                model=model,
+                args=config,
+                train_dataset=Dataset.from_list(records),
+                processing_class=tokenizer,
+                callbacks=[Clock()],
             )
         elif method == "preference_trainer":
             from transformers import TrainingArguments
@@ -145,8 +191,14 @@ def child(args: dict) -> dict:
 
             limit = size["prompt"][1] + size["completion"][1] + 2
             trainer = counting(PreferenceTrainer)(
-                model=model, args=TrainingArguments(output_dir=out_dir, **common), train_dataset=records, processing_class=tokenizer,
-                fused_linear=True, max_length=limit, max_prompt_length=size["prompt"][1] + 1, callbacks=[Clock()],
+                model=model,
+                args=TrainingArguments(output_dir=out_dir, **common),
+                train_dataset=records,
+                processing_class=tokenizer,
+                fused_linear=True,
+                max_length=limit,
+                max_prompt_length=size["prompt"][1] + 1,
+                callbacks=[Clock()],
             )
         else:
             raise ValueError(method)
@@ -169,7 +221,11 @@ def _SimPEROnTRLFusedHead():
 
     class SimPEROnTRL(DPOTrainer):
         def _compute_loss(self, model, inputs, return_outputs):
-            kwargs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+            kwargs = {
+                k: v
+                for k, v in inputs.items()
+                if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+            }
             mask = inputs["completion_mask"][:, 1:]
             labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
             per_token = model(**kwargs, labels=labels, fused_lm_head=True).log_probs[:, -mask.shape[1] :]
@@ -180,35 +236,73 @@ def _SimPEROnTRLFusedHead():
     return SimPEROnTRL
 
 
+def table_title(size: dict, cores: int) -> str:
+    return (
+        f"CPU threads: {cores}; Llama hidden {size['hidden']}, {size['layers']} layers, vocabulary {size['vocab']}; "
+        f"{size['pairs']} pairs per step, prompts {size['prompt'][0]}-{size['prompt'][1]} and completions "
+        f"{size['completion'][0]}-{size['completion'][1]} tokens; float32; median of {size['steps']} steps after "
+        f"{size['warmup']} warm-up"
+    )
+
+
+TABLE_HEADER = [
+    "| method | s / step | vs trl_dpo | tokens / s | peak RSS | peak above imports | vs trl_dpo |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def table_row(row: dict) -> str:
+    if "error" in row:
+        return f"| {row['method']} | failed: {row['error']} | | | | | |"
+    return (
+        f"| {row['method']} | {row['seconds']:.3f} | {row['vs_trl_dpo']:.2f}x | {row['tokens_per_second']:.0f} | "
+        f"{fmt_bytes(row['peak_rss_bytes'])} | {fmt_bytes(row['peak_above_imports_bytes'])} | "
+        f"{row['peak_vs_trl_dpo']:.2f}x |"
+    )
+
+
+def render(data: dict) -> str:
+    """The table the run printed, from its JSON (benchmarks/report.py)."""
+    size = SIZES[data["settings"]["size"]]
+    return "\n".join([table_title(size, data["machine"]["cores"]), "", *TABLE_HEADER, *map(table_row, data["rows"])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a smaller model and batch, for a smoke run")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the rows (default: benchmarks/results/trainer.json; --quick: none)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     name = "quick" if args.quick else "full"
-    size = SIZES[name]
-    print(
-        f"CPU threads: {os.cpu_count()}; Llama hidden {size['hidden']}, {size['layers']} layers, vocabulary {size['vocab']}; "
-        f"{size['pairs']} pairs per step, prompts {size['prompt'][0]}-{size['prompt'][1]} and completions "
-        f"{size['completion'][0]}-{size['completion'][1]} tokens; float32; median of {size['steps']} steps after {size['warmup']} warm-up\n"
-    )
-    print("| method | s / step | vs trl_dpo | tokens / s | peak RSS | peak above imports | vs trl_dpo |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    results = Results("trainer", None, size=name)
+    print(table_title(SIZES[name], os.cpu_count()) + "\n")
+    print("\n".join(TABLE_HEADER))
     base = None
     for method in METHODS:
         r = run_isolated(__file__, {"method": method, "size": name})
+        row = {"method": method}
         if "error" in r:
-            print(f"| {method} | failed: {r['error']} | | | | | |", flush=True)
-            continue
-        base = base or r
-        print(
-            f"| {method} | {r['seconds']:.3f} | {r['seconds'] / base['seconds']:.2f}x | {r['tokens_per_second']:.0f} | "
-            f"{fmt_bytes(r['peak_rss'])} | {fmt_bytes(r['peak_above_imports'])} | {r['peak_above_imports'] / base['peak_above_imports']:.2f}x |",
-            flush=True,
-        )
+            row["error"] = r["error"]
+        else:
+            base = base or r
+            row.update(
+                seconds=r["seconds"],
+                vs_trl_dpo=r["seconds"] / base["seconds"],
+                tokens_per_second=r["tokens_per_second"],
+                peak_rss_bytes=r["peak_rss"],
+                peak_above_imports_bytes=r["peak_above_imports"],
+                peak_vs_trl_dpo=r["peak_above_imports"] / base["peak_above_imports"],
+                steps=r["steps"],
+            )
+        print(table_row(results.add(row)), flush=True)
+    results.write(args.json or (None if args.quick else RESULTS / "trainer.json"))
 
 
 if __name__ == "__main__":

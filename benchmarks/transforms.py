@@ -17,7 +17,10 @@ of an earlier commit; see ``--help``), each "before" row in its own process besi
     python benchmarks/transforms.py --rounds 3                    # the table of RESULTS.md
     python benchmarks/transforms.py --rounds 3 --before target/before
     python benchmarks/transforms.py --quick                       # small sizes, one round
+
+The rows go to benchmarks/results/transforms.json too (``--json FILE``; none for ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +28,16 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
-from simper_rs.bench import PeakRSS, fmt_bytes, median_seconds, run_isolated
+from simper_rs.cli.bench import PeakRSS, Results, fmt_bytes, median_seconds, run_isolated
 
 METHODS = ["loss/plain", "loss/softcap", "loss/scale", "loss/learned_scale", "logps/plain", "logps/softcap"]
 # (sequences B, length T, hidden H, vocabulary V): Gemma-2's vocabulary.
 FULL = (4, 128, 512, 256000)
 QUICK = (2, 32, 64, 4096)
 PROMPT = 0.25  # the first quarter of each sequence is prompt (ignored labels)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build(args: dict):
@@ -80,18 +85,50 @@ def child(args: dict) -> dict:
     return {"seconds": seconds, "peak": peak.peak_bytes}
 
 
+TABLE_HEADER = ["| method | build | fwd+bwd | range | vs plain | extra peak |", "| --- | --- | --- | --- | --- | --- |"]
+
+
+def table_title(size, threads: int, rounds: int) -> str:
+    b, t, h, v = size
+    return f"B={b} T={t} H={h} V={v}, float32, {threads} threads, {rounds} rounds (median; range)"
+
+
+def table_row(row: dict) -> str:
+    if "error" in row:
+        return f"| {row['method']} | {row['build']} | failed: {row['error']} | | | |"
+    vs_plain = f"{row['vs_plain']:.2f}x" if row["vs_plain"] is not None else "n/a"
+    return (
+        f"| {row['method']} | {row['build']} | {row['seconds']:.3f} s | {row['low']:.3f}-{row['high']:.3f} s | "
+        f"{vs_plain} | {fmt_bytes(row['peak_bytes'])} |"
+    )
+
+
+def render(data: dict) -> str:
+    """The table the run printed, from its JSON (benchmarks/report.py): failed rows first."""
+    s, rows = data["settings"], data["rows"]
+    ordered = [r for r in rows if "error" in r] + [r for r in rows if "error" not in r]
+    return "\n".join([table_title(s["size"], s["threads"], s["rounds"]), "", *TABLE_HEADER, *map(table_row, ordered)])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument(
-        "--before", metavar="DIR",
+        "--before",
+        metavar="DIR",
         help="a folder holding an earlier build of the simper_rs package (DIR/simper_rs with its _core .so), "
         "e.g. from `git worktree add /tmp/old <commit>` and its `cargo build --release` library copied in",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="where to write the rows (default: benchmarks/results/transforms.json; --quick: none)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -99,42 +136,44 @@ def main() -> None:
     size = QUICK if args.quick else FULL
     rounds = 1 if args.quick else args.rounds
     threads = int(os.environ.get("SIMPER_RS_NUM_THREADS", os.cpu_count() or 1))
+    results = Results("transforms", None, size=size, threads=threads, rounds=rounds, repeats=args.repeats)
     rows = [(m, None) for m in METHODS]
     if args.before:
         rows += [("loss/plain", args.before), ("logps/plain", args.before)]
-    results = {row: [] for row in rows}
+    runs = {row: [] for row in rows}
     for _ in range(rounds):
         for method, before in rows:
             env = {"PYTHONPATH": os.path.abspath(before)} if before else None
-            out = run_isolated(__file__, {"method": method, "size": size, "repeats": args.repeats, "threads": threads}, env=env)
-            results[(method, before)].append(out)
-    b, t, h, v = size
-    print(f"B={b} T={t} H={h} V={v}, float32, {threads} threads, {rounds} rounds (median; range)\n")
-    print("| method | build | fwd+bwd | range | vs plain | extra peak |")
-    print("| --- | --- | --- | --- | --- | --- |")
+            args_ = {"method": method, "size": size, "repeats": args.repeats, "threads": threads}
+            runs[(method, before)].append(run_isolated(__file__, args_, env=env))
     table = []
-    plain = {}
-    for (method, before), outs in results.items():
+    for (method, before), outs in runs.items():
         ok = [o for o in outs if "seconds" in o]
+        row = {"method": method, "build": "before" if before else "this"}
         if not ok:
-            print(f"| {method} | {'before' if before else 'this'} | failed: {outs[0].get('error')} | | | |")
+            table.append({**row, "error": outs[0].get("error")})
             continue
-        seconds = statistics.median(o["seconds"] for o in ok)
-        peak = statistics.median(o["peak"] for o in ok)
-        family = method.split("/")[0]
-        if method.endswith("/plain") and not before:
-            plain[family] = seconds
-        table.append((method, before, seconds, min(o["seconds"] for o in ok), max(o["seconds"] for o in ok), peak))
-    for method, before, seconds, low, high, peak in table:
-        ratio = seconds / plain[method.split("/")[0]] if method.split("/")[0] in plain else float("nan")
-        print(f"| {method} | {'before' if before else 'this'} | {seconds:.3f} s | {low:.3f}-{high:.3f} s | {ratio:.2f}x | {fmt_bytes(peak)} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"size": size, "threads": threads, "rounds": rounds,
-                 "rows": [dict(method=m, build="before" if b_ else "this", seconds=s, low=lo, high=hi, peak_bytes=p) for m, b_, s, lo, hi, p in table]},
-                f, indent=1,
-            )
+        secs = [o["seconds"] for o in ok]
+        row.update(
+            seconds=statistics.median(secs),
+            low=min(secs),
+            high=max(secs),
+            round_seconds=secs,
+            peak_bytes=statistics.median(o["peak"] for o in ok),
+        )
+        table.append(row)
+    plain = {
+        r["method"].split("/")[0]: r["seconds"]
+        for r in table
+        if r["method"].endswith("/plain") and r["build"] == "this" and "seconds" in r
+    }
+    for r in table:
+        if "seconds" in r:
+            family = r["method"].split("/")[0]
+            r["vs_plain"] = r["seconds"] / plain[family] if family in plain else None
+        results.add(r)
+    print(render(results.data))
+    results.write(args.json or (None if args.quick else RESULTS / "transforms.json"))
 
 
 if __name__ == "__main__":

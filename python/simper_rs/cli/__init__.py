@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_bench(args) -> int:
-    from .. import bench
+    from . import bench
 
     bench.headline(quick=args.quick)
     return 0

@@ -1,7 +1,12 @@
 """Benchmarks of the fused log-prob kernel against the baselines, side by side.
 
-Each method runs in its own interpreter (``python -m simper_rs.bench --child JSON``), so that
-its peak memory is its own. ``simper-rs bench`` and ``benchmarks/logps.py`` use this module.
+Each method runs in its own interpreter (``python -m simper_rs.cli.bench --child JSON``), so that
+its peak memory is its own. ``simper-rs bench`` and ``benchmarks/logps.py`` use this module, and
+the other scripts in benchmarks/ take their helpers from it: :class:`PeakRSS`, the timers,
+:func:`run_isolated`, and :class:`Results`, the JSON each run writes (benchmarks/results/*.json:
+the command, the date, the machine and one object per row with numbers, not formatted text).
+The tables are printed row by row while they are measured, by the same functions that
+``benchmarks/report.py`` renders the JSON with, so a table in RESULTS.md is what the run printed.
 
 Methods:
   log_softmax  torch.log_softmax(logits, -1).gather(...)  (what the official SimPER/DIL code does)
@@ -17,15 +22,20 @@ Methods:
                of the repeats, measured in the same run, so ratios to them cancel the machine's
                momentary bandwidth.
 """
+
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
 
 
 def _status_kib(field: str) -> int:
@@ -93,7 +103,123 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def ratio(x: Optional[float]) -> str:
+    """A ratio as the tables print it (``3.13x``), or nothing when there is none."""
+    return f"{x:.2f}x" if x else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON every benchmark writes
+
+
+def command_line(argv: Optional[List[str]] = None) -> str:
+    """The command that ran, as a reader would type it from the repository's root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0])
+    if script.suffix == ".py" and script.parent.name == "benchmarks":
+        argv[0] = f"benchmarks/{script.name}"
+    elif script.name == "__main__.py" or argv[0] == "-c":
+        argv[0] = "-m simper_rs.cli.bench"
+    return "python " + " ".join(shlex.quote(a) if " " in a or not a else a for a in argv)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict:
+    """What the numbers were measured on: the CPU, its cores, memory and the library versions."""
+    import torch
+
+    import simper_rs
+    from simper_rs import _core
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "row_code": _core.cpu_kernel_path(),
+        "torch": torch.__version__,
+        "simper_rs": simper_rs.__version__,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _load_average() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+class Results:
+    """One benchmark run as JSON: ``benchmark`` (the script), ``mode``, ``command``, ``date``
+    (UTC, at the start), ``machine``, the one-minute load average at the start and the end,
+    ``settings`` (sizes, repeats: what the tables' titles say) and ``rows``, one object per row
+    with numeric fields (seconds, bytes, ratios); a row that failed has ``error`` instead."""
+
+    def __init__(self, benchmark: str, mode: Optional[str] = None, **settings):
+        self._start = time.perf_counter()
+        self.data = {
+            "benchmark": benchmark,
+            "mode": mode,
+            "command": command_line(),
+            "date": _now(),
+            "machine": machine(),
+            "load_average_start": _load_average(),
+            "settings": settings,
+            "rows": [],
+        }
+
+    @property
+    def rows(self) -> list:
+        return self.data["rows"]
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        return row
+
+    def write(self, path: Optional[str], **extra) -> None:
+        """Write the JSON to `path` (nothing when it is empty), with `extra` top-level fields."""
+        if not path:
+            return
+        self.data.update(extra)
+        self.data["load_average_end"] = _load_average()
+        self.data["wall_seconds"] = round(time.perf_counter() - self._start, 1)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.data, indent=1) + "\n")
+        print(f"results: {path}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel benchmark: the methods, measured in child processes
+
+
 METHODS = ["floor", "log_softmax", "selective", "torch.compile", "simper_rs"]
+SWEEP_METHODS = ["log_softmax", "selective", "simper_rs"]
 
 
 def baseline_log_softmax(logits, labels):
@@ -144,7 +270,8 @@ def _copy_to_fresh_huge_pages(x) -> None:
     first = -(-out.data_ptr() // page) * page
     last = (out.data_ptr() + nbytes) // page * page
     if last > first:
-        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 14)  # MADV_HUGEPAGE
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 14)  # MADV_HUGEPAGE
     out.copy_(x)
 
 
@@ -175,9 +302,11 @@ def child(args: dict) -> dict:
     import simper_rs
 
     logits, labels = _inputs(args)
+    logits_bytes = logits.numel() * logits.element_size()
     if args["method"] == "floor":
         pieces = _floor_pieces(logits, args["repeats"])
-        return {"seconds": pieces["floor"], "forward_peak": 0, "backward_peak": 0, "logits_bytes": logits.numel() * logits.element_size(), **pieces}
+        peaks = {"forward_peak": 0, "backward_peak": 0, "step_peak": 0}
+        return {"seconds": pieces["floor"], **peaks, "logits_bytes": logits_bytes, **pieces}
     fn = {
         "log_softmax": baseline_log_softmax,
         "selective": baseline_selective,
@@ -191,11 +320,20 @@ def child(args: dict) -> dict:
 
     step()  # warm-up (thread pools, allocator; torch.compile compiles here)
     seconds = median_seconds(step, args["repeats"])
+    with PeakRSS() as whole:  # one forward+backward: everything above the inputs, the gradient included
+        fn(logits, labels).sum().backward()
+    logits.grad = None
     with PeakRSS() as fwd:
         out = fn(logits, labels)
     with PeakRSS() as bwd:
         out.sum().backward()
-    return {"seconds": seconds, "forward_peak": fwd.peak_bytes, "backward_peak": bwd.peak_bytes, "logits_bytes": logits.numel() * logits.element_size()}
+    return {
+        "seconds": seconds,
+        "forward_peak": fwd.peak_bytes,
+        "backward_peak": bwd.peak_bytes,
+        "step_peak": whole.peak_bytes,
+        "logits_bytes": logits_bytes,
+    }
 
 
 def breakdown_child(args: dict) -> dict:
@@ -236,59 +374,198 @@ def breakdown_child(args: dict) -> dict:
 SIZES = [(2048, 32000, "float32"), (2048, 32000, "bfloat16"), (4096, 128256, "float32"), (4096, 128256, "bfloat16")]
 HEADLINE = [(2048, 32000, "float32")]
 QUICK = [(256, 4096, "float32")]
+# The vocabulary sweep of docs/benchmarks.png: Llama-2's 32000 and Llama-3's 128256 among them, at
+# a small N so that it runs in a few minutes on 2 cores.
+SWEEP_VOCABS = [8192, 32000, 65536, 128256]
+SWEEP_POSITIONS = 1024
 
 
 def _run(method: str, n: int, vocab: int, dtype: str, repeats: int) -> dict:
-    return run_isolated("-m simper_rs.bench", {"method": method, "positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats})
+    args = {"method": method, "positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats}
+    return run_isolated("-m simper_rs.cli.bench", args)
 
 
-def table(sizes, repeats: int = 5, methods=METHODS) -> None:
-    """Print the markdown table of every method at every (N, V, dtype), with each time's ratio
-    to log_softmax and to the floor measured in the same run."""
-    print(f"CPU threads: {os.cpu_count()}; fwd+bwd median of {repeats}; peaks are RSS above the inputs\n")
-    print("| N | V | dtype | method | fwd+bwd | vs log_softmax | vs floor | vs bandwidth floor | fwd peak | bwd peak (x logits) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+def measure(sizes, repeats: int, methods=METHODS) -> Iterator[dict]:
+    """Run every method at every (N, V, dtype), each in its own process, and yield one row per
+    method as it finishes: seconds, peaks (bytes) and the ratios to log_softmax and to the floors
+    measured in the same run (``None`` where there is none); a failed method gives ``error``."""
     for n, vocab, dtype in sizes:
-        results = {}
+        results: Dict[str, dict] = {}
         for method in methods:
             r = results[method] = _run(method, n, vocab, dtype, repeats)
+            row = {"n": n, "vocab": vocab, "dtype": dtype, "method": method}
             if "error" in r:
-                print(f"| {n} | {vocab} | {dtype} | {method} | failed: {r['error']} | | | | | |", flush=True)
+                yield {**row, "error": r["error"]}
                 continue
             base = results.get("log_softmax", {}).get("seconds")
             floor = results.get("floor", {}).get("seconds")
             bandwidth_floor = results.get("floor", {}).get("bandwidth_floor")
-            vs_base = f"{base / r['seconds']:.2f}x" if base else ""
-            vs_floor = f"{r['seconds'] / floor:.2f}x" if floor else ""
-            vs_bandwidth = f"{r['seconds'] / bandwidth_floor:.2f}x" if bandwidth_floor else ""
-            peaks = ("", "") if method == "floor" else (fmt_bytes(r["forward_peak"]), f"{fmt_bytes(r['backward_peak'])} ({r['backward_peak'] / r['logits_bytes']:.2f}x)")
-            print(f"| {n} | {vocab} | {dtype} | {method} | {r['seconds'] * 1e3:.0f} ms | {vs_base} | {vs_floor} | {vs_bandwidth} | {peaks[0]} | {peaks[1]} |", flush=True)
+            row.update(
+                seconds=r["seconds"],
+                vs_log_softmax=base / r["seconds"] if base else None,
+                vs_floor=r["seconds"] / floor if floor else None,
+                vs_bandwidth_floor=r["seconds"] / bandwidth_floor if bandwidth_floor else None,
+                forward_peak_bytes=r["forward_peak"],
+                backward_peak_bytes=r["backward_peak"],
+                step_peak_bytes=r["step_peak"],
+                logits_bytes=r["logits_bytes"],
+            )
+            if method == "floor":
+                row.update({k: r[k] for k in ("read", "copy", "copy_small_pages", "copy_mapped", "bandwidth_floor")})
+            yield row
 
 
-def breakdown(sizes, repeats: int = 5, row_codes=("avx512", "avx2", "baseline")) -> None:
+TABLE_HEADER = [
+    "| N | V | dtype | method | fwd+bwd | vs log_softmax | vs floor | vs bandwidth floor | fwd peak | bwd peak (x logits) |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def table_title(cores: int, repeats: int) -> str:
+    return f"CPU threads: {cores}; fwd+bwd median of {repeats}; peaks are RSS above the inputs"
+
+
+def table_row(row: dict) -> str:
+    """One row of the kernel table, from one of :func:`measure`'s rows."""
+    n, vocab, dtype, method = row["n"], row["vocab"], row["dtype"], row["method"]
+    if "error" in row:
+        return f"| {n} | {vocab} | {dtype} | {method} | failed: {row['error']} | | | | | |"
+    if method == "floor":
+        peaks = ("", "")
+    else:
+        backward = row["backward_peak_bytes"]
+        peaks = (
+            fmt_bytes(row["forward_peak_bytes"]),
+            f"{fmt_bytes(backward)} ({backward / row['logits_bytes']:.2f}x)",
+        )
+    ratios = (ratio(row["vs_log_softmax"]), ratio(row["vs_floor"]), ratio(row["vs_bandwidth_floor"]))
+    return (
+        f"| {n} | {vocab} | {dtype} | {method} | {row['seconds'] * 1e3:.0f} ms | {ratios[0]} | {ratios[1]} | "
+        f"{ratios[2]} | {peaks[0]} | {peaks[1]} |"
+    )
+
+
+def table(sizes, repeats: int = 5, methods=METHODS, results: Optional[Results] = None) -> List[dict]:
+    """Print the markdown table of every method at every (N, V, dtype), with each time's ratio
+    to log_softmax and to the floor measured in the same run; the rows go to `results` too."""
+    print(table_title(os.cpu_count(), repeats) + "\n")
+    print("\n".join(TABLE_HEADER))
+    rows = []
+    for row in measure(sizes, repeats, methods):
+        rows.append(results.add(row) if results else row)
+        print(table_row(row), flush=True)
+    return rows
+
+
+SWEEP_HEADER = [
+    "| V | method | fwd+bwd | vs log_softmax | fwd+bwd peak | beyond the gradient | (x logits) |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def sweep_title(cores: int, n: int, dtype: str, repeats: int) -> str:
+    return (
+        f"CPU threads: {cores}; N = {n} (batch 8), {dtype}; fwd+bwd median of {repeats}; peak: resident memory above "
+        "the inputs during one forward+backward, and beyond the logits-sized gradient every method returns"
+    )
+
+
+def extra_peak(row: dict) -> int:
+    """A sweep row's peak beyond its inputs and the gradient (bytes; below 0 within a page or so)."""
+    return row["step_peak_bytes"] - row["logits_bytes"]
+
+
+def sweep_row(row: dict) -> str:
+    if "error" in row:
+        return f"| {row['vocab']} | {row['method']} | failed: {row['error']} | | | | |"
+    extra = extra_peak(row)
+    return (
+        f"| {row['vocab']} | {row['method']} | {row['seconds'] * 1e3:.0f} ms | {ratio(row['vs_log_softmax'])} | "
+        f"{fmt_bytes(row['step_peak_bytes'])} | {fmt_bytes(extra)} | {extra / row['logits_bytes']:.2f}x |"
+    )
+
+
+def sweep(
+    vocabs=SWEEP_VOCABS,
+    n: int = SWEEP_POSITIONS,
+    dtype: str = "float32",
+    repeats: int = 5,
+    methods=SWEEP_METHODS,
+    results: Optional[Results] = None,
+) -> List[dict]:
+    """Time and peak memory against the vocabulary size (docs/benchmarks.png): every method at
+    each V, N positions, one table row per (V, method)."""
+    print(sweep_title(os.cpu_count(), n, dtype, repeats) + "\n")
+    print("\n".join(SWEEP_HEADER))
+    rows = []
+    for row in measure([(n, vocab, dtype) for vocab in vocabs], repeats, methods):
+        rows.append(results.add(row) if results else row)
+        print(sweep_row(row), flush=True)
+    return rows
+
+
+BREAKDOWN_HEADER = [
+    "| N | V | dtype | row code | forward | backward | fwd+bwd | read | copy, fresh 2 MiB pages | "
+    "copy, fresh 4 KiB pages | copy, mapped memory | fwd+bwd vs floor | vs bandwidth floor |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+_BREAKDOWN_TIMES = ("forward", "backward", "total", "read", "copy", "copy_small_pages", "copy_mapped")
+
+
+def breakdown_title(cores: int, repeats: int) -> str:
+    return (
+        f"CPU threads: {cores}; op: medians of {repeats}; floor pieces: best of {repeats}; floor = read + copy into "
+        "fresh 2 MiB pages; bandwidth floor = read + copy into mapped memory"
+    )
+
+
+def breakdown_row(row: dict) -> str:
+    n, vocab, dtype = row["n"], row["vocab"], row["dtype"]
+    if "error" in row:
+        return f"| {n} | {vocab} | {dtype} | {row['requested_row_code']} | failed: {row['error']} |"
+    ms = [f"{row[k] * 1e3:.1f} ms" for k in _BREAKDOWN_TIMES]
+    return (
+        f"| {n} | {vocab} | {dtype} | {row['row_code']} | {' | '.join(ms)} | {row['vs_floor']:.2f}x | "
+        f"{row['vs_bandwidth_floor']:.2f}x |"
+    )
+
+
+def breakdown(
+    sizes, repeats: int = 5, row_codes=("avx512", "avx2", "baseline"), results: Optional[Results] = None
+) -> List[dict]:
     """Print where the fused op's time goes: its forward and backward apart, for each row code
     (``SIMPER_RS_ROW_CODE``; a code the CPU lacks runs the widest it has below it), beside the
     floor's pieces measured in the same process."""
-    print(f"CPU threads: {os.cpu_count()}; op: medians of {repeats}; floor pieces: best of {repeats}; floor = read + copy into fresh 2 MiB pages; bandwidth floor = read + copy into mapped memory\n")
-    print("| N | V | dtype | row code | forward | backward | fwd+bwd | read | copy, fresh 2 MiB pages | copy, fresh 4 KiB pages | copy, mapped memory | fwd+bwd vs floor | vs bandwidth floor |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(breakdown_title(os.cpu_count(), repeats) + "\n")
+    print("\n".join(BREAKDOWN_HEADER))
+    rows = []
     for n, vocab, dtype in sizes:
         for code in row_codes:
             args = {"positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats}
-            os.environ["SIMPER_RS_ROW_CODE"] = code
-            try:
-                r = run_isolated("-m simper_rs.bench --breakdown-child", args)
-            finally:
-                del os.environ["SIMPER_RS_ROW_CODE"]
+            r = run_isolated("-m simper_rs.cli.bench --breakdown-child", args, env={"SIMPER_RS_ROW_CODE": code})
+            row = {"n": n, "vocab": vocab, "dtype": dtype, "requested_row_code": code}
             if "error" in r:
-                print(f"| {n} | {vocab} | {dtype} | {code} | failed: {r['error']} |", flush=True)
-                continue
-            ms = {k: f"{r[k] * 1e3:.1f} ms" for k in ("forward", "backward", "total", "read", "copy", "copy_small_pages", "copy_mapped")}
-            print(
-                f"| {n} | {vocab} | {dtype} | {r['row_code']} | {ms['forward']} | {ms['backward']} | {ms['total']} | {ms['read']} | "
-                f"{ms['copy']} | {ms['copy_small_pages']} | {ms['copy_mapped']} | {r['total'] / r['floor']:.2f}x | {r['total'] / r['bandwidth_floor']:.2f}x |",
-                flush=True,
-            )
+                row["error"] = r["error"]
+            else:
+                row.update(r)
+                row.update(vs_floor=r["total"] / r["floor"], vs_bandwidth_floor=r["total"] / r["bandwidth_floor"])
+            rows.append(results.add(row) if results else row)
+            print(breakdown_row(row), flush=True)
+    return rows
+
+
+def render(data: dict) -> str:
+    """The markdown a kernel benchmark run printed, from its JSON (:class:`Results`)."""
+    cores, settings = data["machine"]["cores"], data["settings"]
+    repeats = settings["repeats"]
+    if data["mode"] == "breakdown":
+        title, header, row = breakdown_title(cores, repeats), BREAKDOWN_HEADER, breakdown_row
+    elif data["mode"] == "vocab_sweep":
+        title, header = sweep_title(cores, settings["positions"], settings["dtype"], repeats), SWEEP_HEADER
+        row = sweep_row
+    else:
+        title, header, row = table_title(cores, repeats), TABLE_HEADER, table_row
+    return "\n".join([title, "", *header, *(row(r) for r in data["rows"])])
 
 
 def headline(quick: bool = False) -> None:
