@@ -30,7 +30,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from simper_rs.cli.bench import PeakRSS, Results, fmt_bytes, median_seconds, run_isolated
+try:
+    from simper_rs.cli.bench import PeakRSS, Results, fmt_bytes, median_seconds, run_isolated
+except ImportError:  # a --before build from when the helpers were simper_rs.bench (only children import it)
+    from simper_rs.bench import PeakRSS, fmt_bytes, median_seconds, run_isolated  # type: ignore[no-redef]
 
 METHODS = ["loss/plain", "loss/softcap", "loss/scale", "loss/learned_scale", "logps/plain", "logps/softcap"]
 # (sequences B, length T, hidden H, vocabulary V): Gemma-2's vocabulary.
