@@ -35,15 +35,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
+
+
+def _proc_field(path: str, name: str) -> Optional[str]:
+    """The value of the ``name: value`` line of a /proc file (None where the file or line is missing)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    value = _proc_field("/proc/self/status", field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return int(value.split()[0])
 
 
 class PeakRSS:
@@ -77,11 +89,12 @@ def min_seconds(fn, repeats: int) -> float:
     return min(_timings(fn, repeats))
 
 
-def run_isolated(script: str, args: dict, env: Optional[dict] = None) -> dict:
+def run_isolated(script: str, args: dict, env: Optional[dict] = None, python: Optional[str] = None) -> dict:
     """Run `script --child JSON` in a fresh interpreter and return the JSON it prints last.
     `script` is a file path or `-m module`, either followed by space-separated arguments; `env`
-    adds to the environment (``PYTHONPATH`` of another build, for before/after rows)."""
-    command = [sys.executable, *script.split()]
+    adds to the environment (``PYTHONPATH`` of another build, for before/after rows); `python` is
+    the interpreter (default: this one; another venv's, for another torch)."""
+    command = [python or sys.executable, *script.split()]
     out = subprocess.run(
         [*command, "--child", json.dumps(args)],
         capture_output=True,
@@ -124,25 +137,12 @@ def command_line(argv: Optional[List[str]] = None) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
 def _memory_bytes() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    total = _proc_field("/proc/meminfo", "MemTotal")
+    return int(total.split()[0]) * 1024 if total else None
 
 
 def machine() -> dict:
@@ -363,6 +363,8 @@ def breakdown_child(args: dict) -> dict:
     backward_times.clear()
     total = median_seconds(step, repeats)
     return {
+        "torch": torch.__version__,
+        "built_for": _core.TORCH_VERSION,
         "row_code": _core.cpu_kernel_path(),
         "forward": median_seconds(forward_only, repeats),
         "backward": statistics.median(backward_times),
@@ -445,16 +447,24 @@ def table_row(row: dict) -> str:
     )
 
 
+def print_table(
+    title: str, header: List[str], rows: Iterable[dict], render_row, results: Optional[Results]
+) -> List[dict]:
+    """Print a markdown table row by row as `rows` are measured, each row also added to `results`."""
+    print(title + "\n")
+    print("\n".join(header))
+    done = []
+    for row in rows:
+        done.append(results.add(row) if results else row)
+        print(render_row(row), flush=True)
+    return done
+
+
 def table(sizes, repeats: int = 5, methods=METHODS, results: Optional[Results] = None) -> List[dict]:
     """Print the markdown table of every method at every (N, V, dtype), with each time's ratio
     to log_softmax and to the floor measured in the same run; the rows go to `results` too."""
-    print(table_title(os.cpu_count(), repeats) + "\n")
-    print("\n".join(TABLE_HEADER))
-    rows = []
-    for row in measure(sizes, repeats, methods):
-        rows.append(results.add(row) if results else row)
-        print(table_row(row), flush=True)
-    return rows
+    rows = measure(sizes, repeats, methods)
+    return print_table(table_title(os.cpu_count(), repeats), TABLE_HEADER, rows, table_row, results)
 
 
 SWEEP_HEADER = [
@@ -495,13 +505,8 @@ def sweep(
 ) -> List[dict]:
     """Time and peak memory against the vocabulary size (docs/benchmarks.png): every method at
     each V, N positions, one table row per (V, method)."""
-    print(sweep_title(os.cpu_count(), n, dtype, repeats) + "\n")
-    print("\n".join(SWEEP_HEADER))
-    rows = []
-    for row in measure([(n, vocab, dtype) for vocab in vocabs], repeats, methods):
-        rows.append(results.add(row) if results else row)
-        print(sweep_row(row), flush=True)
-    return rows
+    rows = measure([(n, vocab, dtype) for vocab in vocabs], repeats, methods)
+    return print_table(sweep_title(os.cpu_count(), n, dtype, repeats), SWEEP_HEADER, rows, sweep_row, results)
 
 
 BREAKDOWN_HEADER = [
@@ -530,28 +535,29 @@ def breakdown_row(row: dict) -> str:
     )
 
 
+def measure_breakdown(n: int, vocab: int, dtype: str, repeats: int, env=None, python=None) -> dict:
+    """One :func:`breakdown_child` run in its own process (``env`` and ``python`` as for
+    :func:`run_isolated`), with its ratios to the floors; a failed run gives ``error``."""
+    args = {"positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats}
+    r = run_isolated("-m simper_rs.cli.bench --breakdown-child", args, env=env, python=python)
+    row = {"n": n, "vocab": vocab, "dtype": dtype}
+    if "error" in r:
+        return {**row, "error": r["error"]}
+    return {**row, **r, "vs_floor": r["total"] / r["floor"], "vs_bandwidth_floor": r["total"] / r["bandwidth_floor"]}
+
+
 def breakdown(
     sizes, repeats: int = 5, row_codes=("avx512", "avx2", "baseline"), results: Optional[Results] = None
 ) -> List[dict]:
     """Print where the fused op's time goes: its forward and backward apart, for each row code
     (``SIMPER_RS_ROW_CODE``; a code the CPU lacks runs the widest it has below it), beside the
     floor's pieces measured in the same process."""
-    print(breakdown_title(os.cpu_count(), repeats) + "\n")
-    print("\n".join(BREAKDOWN_HEADER))
-    rows = []
-    for n, vocab, dtype in sizes:
-        for code in row_codes:
-            args = {"positions": n, "batch": 8, "vocab": vocab, "dtype": dtype, "repeats": repeats}
-            r = run_isolated("-m simper_rs.cli.bench --breakdown-child", args, env={"SIMPER_RS_ROW_CODE": code})
-            row = {"n": n, "vocab": vocab, "dtype": dtype, "requested_row_code": code}
-            if "error" in r:
-                row["error"] = r["error"]
-            else:
-                row.update(r)
-                row.update(vs_floor=r["total"] / r["floor"], vs_bandwidth_floor=r["total"] / r["bandwidth_floor"])
-            rows.append(results.add(row) if results else row)
-            print(breakdown_row(row), flush=True)
-    return rows
+    rows = (
+        {"requested_row_code": code, **measure_breakdown(n, vocab, dtype, repeats, env={"SIMPER_RS_ROW_CODE": code})}
+        for n, vocab, dtype in sizes
+        for code in row_codes
+    )
+    return print_table(breakdown_title(os.cpu_count(), repeats), BREAKDOWN_HEADER, rows, breakdown_row, results)
 
 
 def render(data: dict) -> str:
