@@ -798,29 +798,13 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
 def test_a_mixture_of_experts_model_trains_with_its_router_loss(tmp_path, coef):
     """A user's Mixtral: the router load-balancing loss is added with the config's coefficient
     (as TRL adds it) and logged as aux_loss; --router-aux-loss-coef 0.0 turns it off."""
-    import transformers
-
     from simper_rs.cli.tiny import build_tokenizer
     from simper_rs.data import load_default_data
+    from tiny_models import tiny_mixtral
 
     data = load_default_data()
     tokenizer = build_tokenizer(data["train"] + data["test"])
-    config = transformers.MixtralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        router_aux_loss_coef=0.02,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    tiny_mixtral(tokenizer, router_aux_loss_coef=0.02).save_pretrained(tmp_path / "moe")
     tokenizer.save_pretrained(tmp_path / "moe")
     with open(tmp_path / "prefs.jsonl", "w") as f:
         for record in data["train"][:20]:

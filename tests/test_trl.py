@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("trl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import transformers  # noqa: E402
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
@@ -21,6 +20,7 @@ import simper_rs.integrations.trl as strl  # noqa: E402  (the implementation, wh
 from simper_rs.cli.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from simper_rs.data import load_default_data  # noqa: E402
 from simper_rs.trl import DILConfig, DILTrainer, SimPERConfig, SimPERTrainer  # noqa: E402
+from tiny_models import tiny_mixtral  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
@@ -378,30 +378,10 @@ def test_bad_trainer_arguments(tmp_path, tokenizer):
         )
 
 
-def tiny_mixtral(tokenizer, coef):
-    torch.manual_seed(0)
-    config = transformers.MixtralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        router_aux_loss_coef=coef,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return transformers.MixtralForCausalLM(config)
-
-
 @pytest.mark.parametrize("fused_linear", [True, False], ids=["fused-linear", "logits"])
 @pytest.mark.parametrize("coef", [None, 0.0], ids=["config-coefficient", "switched-off"])
 def test_mixture_of_experts_trains_with_trls_router_loss(tmp_path, tokenizer, fused_linear, coef):
-    model = tiny_mixtral(tokenizer, coef=0.02)
+    model = tiny_mixtral(tokenizer, router_aux_loss_coef=0.02)
     trainer = SimPERTrainer(
         model=model,
         args=config(tmp_path, use_fused_linear=fused_linear, router_aux_loss_coef=coef),
@@ -415,7 +395,7 @@ def test_mixture_of_experts_trains_with_trls_router_loss(tmp_path, tokenizer, fu
     expected = reference.simper(*reference.sequence_logps(own.logits, labels).chunk(2))
     if coef is None:  # TRL's rule: the config's coefficient times the model's own aux_loss
         expected = expected + 0.02 * own.aux_loss
-        assert trainer._metrics["train"]["aux_loss"][-1] == pytest.approx(float(own.aux_loss), rel=1e-5)
+        assert trainer._metrics["train"]["aux_loss"][-1] == pytest.approx(float(own.aux_loss.detach()), rel=1e-5)
     else:
         assert "aux_loss" not in trainer._metrics["train"]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
