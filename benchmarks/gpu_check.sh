@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check, in one go, on a fresh NVIDIA machine with no network (the self-check is capped
 # at 3 minutes, the tests at 4 and the benchmark at 5): the kernel's self-check (simper-rs doctor
-# and its cost), the CUDA tests and the GPU benchmark, against the prebuilt package given as $1.
+# and its cost), the CUDA tests and the GPU benchmark (the logits kernel, and the fused-linear
+# op against TRL and Liger), against the prebuilt package given as $1.
 #
-# That machine has its own Python and torch and nothing can be installed there, so build the
-# matching package here first and bring it along, e.g. for Python 3.12 + torch 2.11:
+# That machine has its own Python and torch and nothing can be fetched there, so build the
+# matching package here first and bring it along, e.g. for Python 3.12 + torch 2.11, with the
+# wheels of the benchmark's fused-linear peers (TRL, Liger-Kernel), which its image lacks:
 #     bash scripts/build_torch211.sh                  # -> dist/torch-2.11-cp312/simper_rs
+#     bash scripts/gpu_wheels.sh                      # -> .whl/ (installed below, if present)
 #     bash benchmarks/gpu_check.sh dist/torch-2.11-cp312
 # With no argument the installed simper_rs is used. Logs go to $OUT (default /tmp/simper-rs-gpu).
 set -uo pipefail
@@ -18,6 +21,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 PY=${PYTHON:-python3}
 status=0
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site=/tmp/simper-rs-gpu-site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+        && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$site" \
+        || echo "the carried wheels in .whl/ did not install: the peers they hold will be skipped rows" >&2
+fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 "$PY" -c "import sys, torch, simper_rs; print('python', sys.version.split()[0], '| torch', torch.__version__, '| simper_rs', simper_rs.__version__, 'built for torch', simper_rs._core.TORCH_VERSION, '|', simper_rs.__file__)" \
