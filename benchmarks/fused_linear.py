@@ -305,6 +305,29 @@ def render(data: dict) -> str:
     return "\n".join(parts).lstrip("\n")
 
 
+def summary(data: dict) -> str:
+    """One sentence for the README: the fused-linear loss against Liger's compiled SimPO and the
+    materialised path (benchmarks/report.py's block ``fused_linear.summary``)."""
+    rows = {r["method"]: r for r in data["rows"] if r["table"] == "loss" and "seconds" in r}
+    ours = rows["simper_rs_fused"]
+    b, t, h, v = data["settings"]["size"]
+    peers = [
+        (rows[method], name, owner)
+        for method, name, owner in (
+            ("liger_simpo_compiled", "Liger-Kernel's compiled SimPO", "Liger's"),
+            ("materialised", "the materialised path", "the materialised path's"),
+        )
+        if method in rows
+    ]
+    text = f"**Fused linear**, B = {b}, T = {t}, H = {h}, V = {v}, float32: the SimPER loss from hidden states takes "
+    if not peers:
+        return text + f"{ours['seconds']:.2f} s (no peer ran)."
+    times = [f"{ours['seconds'] / row['seconds']:.2f}x the time of {name}" for row, name, _ in peers]
+    memory = [f"{owner} {fmt_bytes(row['extra_peak_bytes'])}" for row, _, owner in peers]
+    extra = fmt_bytes(ours["extra_peak_bytes"])
+    return text + " and ".join(times) + f", with {extra} of extra memory against " + " and ".join(memory) + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -215,6 +215,26 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(data: dict) -> str:
+    """One sentence for the README: packed against padded steps, per lm_head
+    (benchmarks/report.py's block ``packing.summary``)."""
+    rows = {(r["head"], r["batching"]): r for r in data["rows"] if "error" not in r}
+    parts = []
+    for head, name in (("logits", "a plain-logits lm_head"), ("fused_linear", "the fused-linear one")):
+        padded, packed = rows.get((head, "padded")), rows.get((head, "packed"))
+        if padded and packed:
+            parts.append(
+                f"{packed['vs_padded']:.2f}x the padded step's time with {name} "
+                f"({packed['peak_bytes'] / padded['peak_bytes']:.2f}x its peak memory)"
+            )
+    op = data.get("op_comparison")
+    if op:
+        parts.append(
+            f"the segmented log-prob op alone {op['vs_per_row']:.2f}x the per-row op's time on the same tokens"
+        )
+    return "**Packed batches**: " + ("; ".join(parts) or "no run completed") + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)

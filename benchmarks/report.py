@@ -9,8 +9,10 @@ A generated block sits between two marker lines:
 
 NAME is a file of benchmarks/results/ without ``.json`` (``logps_headline``): the block is the run's
 command, date and machine, then what the run printed, rendered by the script's own ``render``
-from its JSON. ``headline`` (the README's) is the table of ``logps_headline.json`` with one line
-saying where it comes from. Text outside the markers is left alone.
+from its JSON; NAME.summary is instead the one sentence of the script's ``summary``, with the
+command and the date. Two blocks of the README are not one file's: ``headline`` is the table of
+``logps_headline.json`` with one line saying where it comes from, and ``summaries`` is one
+bullet per run of SUMMARIES. Text outside the markers is left alone.
 
     python benchmarks/report.py           # rewrite the blocks of RESULTS.md and README.md, draw the plot
     python benchmarks/report.py --check   # exit 1 if a block differs from what its JSON gives
@@ -28,16 +30,20 @@ import importlib.util
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
-DOCS = [BENCHMARKS / "RESULTS.md", ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
+DOCS = [BENCHMARKS / "RESULTS.md", ROOT / "README.md"] + [
+    ROOT / "docs" / f"{page}.md" for page in ("benchmarks", "fused-linear", "packing", "trl")
+]
 PLOT = ROOT / "docs" / "benchmarks.png"
 SWEEP = "logps_vocab_sweep"
 HEADLINE = "logps_headline"
+SUMMARIES = ("fused_linear", "trainer", "packing")  # the README's bullets under its headline
 BLOCK = re.compile(
     r"^<!-- results:(?P<name>[\w.-]+):begin -->\n(?P<body>.*?)^<!-- results:(?P=name):end -->$", re.S | re.M
 )
@@ -108,17 +114,32 @@ def render_headline(data: dict) -> str:
     )
 
 
+def render_summary(data: dict, bullet: bool = False) -> str:
+    """The run's one sentence (its script's ``summary``) with the command and the date, wrapped at
+    100 columns, as a paragraph or a list item."""
+    sentence = script(data["benchmark"]).summary(data)
+    text = f"{sentence} (`{data['command']}`, {_when(data)[:10]})"
+    indent = ("- ", "  ") if bullet else ("", "")
+    return textwrap.fill(text, 100, initial_indent=indent[0], subsequent_indent=indent[1], break_on_hyphens=False)
+
+
+def _results_for(name: str, results: Dict[str, dict]) -> dict:
+    if name not in results:
+        raise KeyError(f"no benchmarks/results/{name}.json")
+    return results[name]
+
+
 def render(name: str, results: Dict[str, dict]) -> str:
     """The text of block NAME (without its marker lines)."""
-    source = HEADLINE if name == "headline" else name
-    if source not in results:
-        raise KeyError(f"no benchmarks/results/{source}.json")
-    data = results[source]
-    body = (
-        render_headline(data)
-        if name == "headline"
-        else provenance(name, data) + "\n\n" + script(data["benchmark"]).render(data)
-    )
+    if name == "headline":
+        body = render_headline(_results_for(HEADLINE, results))
+    elif name == "summaries":
+        body = "\n".join(render_summary(_results_for(source, results), bullet=True) for source in SUMMARIES)
+    elif name.endswith(".summary"):
+        body = render_summary(_results_for(name.removesuffix(".summary"), results))
+    else:
+        data = _results_for(name, results)
+        body = provenance(name, data) + "\n\n" + script(data["benchmark"]).render(data)
     return f"\n{body}\n\n"
 
 

@@ -267,6 +267,20 @@ def render(data: dict) -> str:
     return "\n".join([table_title(size, data["machine"]["cores"]), "", *TABLE_HEADER, *map(table_row, data["rows"])])
 
 
+def summary(data: dict) -> str:
+    """One sentence for the README: SimPERTrainer's step against TRL's DPOTrainer
+    (benchmarks/report.py's block ``trainer.summary``)."""
+    rows = {r["method"]: r for r in data["rows"] if "error" not in r}
+    ours, trl = rows["simper_rs_trl"], rows["trl_dpo"]
+    size = SIZES[data["settings"]["size"]]
+    return (
+        f"**Against TRL**: one training step of a small Llama ({size['vocab']}-token vocabulary, {size['pairs']} pairs "
+        f"of about 256 tokens) takes {ours['vs_trl_dpo']:.2f}x TRL `DPOTrainer`'s time with `SimPERTrainer` "
+        f"({ours['seconds']:.2f} s against {trl['seconds']:.2f} s), with {fmt_bytes(ours['peak_above_imports_bytes'])} "
+        f"above imports against {fmt_bytes(trl['peak_above_imports_bytes'])}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -1,5 +1,6 @@
 """The benchmark tables are generated from the JSON the benchmarks write (benchmarks/report.py):
-the blocks of benchmarks/RESULTS.md and the README's headline equal what their JSON renders to,
+the blocks of benchmarks/RESULTS.md, docs/benchmarks.md and the README's headline and summaries
+equal what their JSON renders to,
 and the renderer does what it says on a small JSON. No benchmark runs here.
 
 When a block differs: `python benchmarks/report.py` regenerates the blocks from
@@ -30,13 +31,13 @@ report = _load_report()
 
 
 def test_the_generated_blocks_equal_their_json():
-    problems = report.check([RESULTS_MD, README], report.load())
+    problems = report.check(report.DOCS, report.load())
     assert not problems, "\n\n".join(problems) + "\n\nrun: python benchmarks/report.py"
 
 
 def test_results_md_and_the_readme_have_their_generated_blocks():
     assert {"logps_headline", "logps_vocab_sweep"} <= set(report.block_names(RESULTS_MD.read_text()))
-    assert "headline" in report.block_names(README.read_text())
+    assert {"headline", "summaries"} <= set(report.block_names(README.read_text()))
 
 
 def test_every_json_renders():
@@ -45,6 +46,16 @@ def test_every_json_renders():
     for name, data in report.load().items():
         assert data["rows"], name
         assert report.render(name, {name: data}).strip(), name
+
+
+def test_the_readme_summaries_are_one_bullet_per_run_with_its_command():
+    results = report.load()
+    text = report.render("summaries", results)
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(bullets) == len(report.SUMMARIES)
+    for name in report.SUMMARIES:
+        assert f"`{results[name]['command']}`" in " ".join(text.split()), name
+    assert all(len(line) <= 100 for line in text.splitlines()), text
 
 
 def small_run(**overrides) -> dict:

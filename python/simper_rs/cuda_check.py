@@ -3,14 +3,14 @@ a small problem built to reach its code paths and is compared with the libtorch-
 
 Why: the kernel is compiled by NVRTC for the user's own GPU at run time, so a fault in the
 compiler, the driver, the launch or the hardware would otherwise reach a training run's loss
-without a sign. The check runs once per (device, dtype) and process (on a GPU an estimated few
-milliseconds: 8 kernel launches and small libtorch ops, not yet timed on one); a failure
+without a sign. The check runs once per (device, dtype) and process (on a GPU an estimated 10-20
+ms: 14 kernel launches and about 2000 small libtorch ops, not yet timed on one); a failure
 warns once, saying what failed, and ``backend="auto"`` then uses libtorch ops for that device
 and dtype for the rest of the process (``backend="rust"`` raises the same message instead).
 ``SIMPER_RS_CUDA_CHECK=off`` skips the check. :func:`cuda_self_check` (and ``simper-rs
 doctor``) runs it on every visible GPU and returns what it found.
 
-The problem (:data:`CASES`) is three cases, each a forward and a backward against the reference:
+The problem (:data:`CASES`) is three layouts, each a forward and a backward against the reference:
 
 * contiguous ``[2, 5, 9001]`` rows with the causal shift and the statistics;
 * time-major rows padded to ``9001 + 1`` elements, seen as ``[2, 4, 9001]`` (batch and position
@@ -26,8 +26,8 @@ softmax, well above the tolerances, so one element skipped or counted twice anyw
 fails the check) and three peaks of +8 per row. Every case has ignored labels, a label at its
 row's argmax (the accuracy statistic) and a row whose first 37 logits are ``-inf`` (a masked
 vocabulary head).
-A transform of the logits is one more :class:`Case` with its kernel options and the reference's
-transform.
+Two more cases reach the kernels of the logit transforms (a scale; a scale then a softcap), each
+a :class:`Case` with its kernel options and the reference's transform.
 
 The kernel is driven through :class:`KernelFunctions`; :class:`CudaKernel` is the real one.
 :func:`simulated_device_for_testing` is the test-only seam that lets the decision logic run on
