@@ -58,24 +58,39 @@ class Skipped(Exception):
     """A peer that cannot run here (not installed, wrong Python): reported as a row, not a failure."""
 
 
-def _liger_simpo():
+def liger_fused_simpo():
+    """Liger-Kernel's LigerFusedLinearSimPOLoss class (benchmarks/gpu.py takes it from here too)."""
     if sys.version_info < (3, 10):
         raise Skipped("liger-kernel needs Python >= 3.10")
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss
     except ImportError as e:
-        raise Skipped(f"liger-kernel not importable ({e}); pip install 'liger-kernel>=0.8.5'") from None
+        raise Skipped(
+            f"liger-kernel not importable ({e}); pip install 'liger-kernel>=0.8.5' (for the GPU machine: "
+            "scripts/gpu_wheels.sh)"
+        ) from None
     return LigerFusedLinearSimPOLoss
 
 
-def _trl_chunked():
+TRL_VOCAB_CHUNK = 32768  # TRL 1.16's own vocabulary chunk (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+
+
+def trl_token_logps():
+    """TRL's ChunkedLogProbFunction, log-probs only, at TRL's own chunk size: a function of
+    (hidden [N, H], weight [V, H], targets [N], every one a valid id) returning [N] token log-probs
+    (benchmarks/gpu.py takes it from here too)."""
     try:
         from trl.kernels import ChunkedLogProbFunction
     except ImportError as e:
         raise Skipped(
-            f"trl.kernels.ChunkedLogProbFunction not importable ({e}); pip install 'trl>=1.16,<1.17'"
+            f"trl.kernels.ChunkedLogProbFunction not importable ({e}); pip install 'trl>=1.16,<1.17' (for the GPU "
+            "machine: scripts/gpu_wheels.sh)"
         ) from None
-    return ChunkedLogProbFunction
+
+    def token_logps(hidden, weight, targets):
+        return ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, TRL_VOCAB_CHUNK, None, 1.0, ())[0]
+
+    return token_logps
 
 
 def build(args: dict):
@@ -115,7 +130,7 @@ def build(args: dict):
             loss = simper_rs.SimPERLoss()
             return lambda: loss(hidden=hidden, lm_head_weight=weight, labels=labels).loss, (hidden, weight), True
         if method in ("liger_simpo_eager", "liger_simpo_compiled"):
-            cls = _liger_simpo()
+            cls = liger_fused_simpo()
             loss = cls(compute_nll_loss=False, compiled=method.endswith("compiled"))
             return lambda: loss(weight, h_shift, y_shift)[0], (h_shift, weight), True
     else:
@@ -127,12 +142,11 @@ def build(args: dict):
         if method == "simper_rs_linear":
             return lambda: simper_rs.linear_sequence_logps(hidden, weight, labels).sum(), (hidden, weight), True
         if method == "trl_chunked":
-            fn = _trl_chunked()
+            token_logps = trl_token_logps()
             flat, targets, mask = h_shift.reshape(-1, h), y_shift.clamp(min=0).reshape(-1), y_shift != -100
 
             def trl_logps():
-                # TRL 1.16's own vocabulary chunk (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE), log-probs only.
-                tokens = fn.apply(flat, weight, None, targets, 1.0, 32768, None, 1.0, ())[0].view(mask.shape)
+                tokens = token_logps(flat, weight, targets).view(mask.shape)
                 return ((tokens * mask).sum(-1) / mask.sum(-1)).sum()
 
             return trl_logps, (h_shift, weight), True

@@ -26,20 +26,25 @@ benchmarks/gpu_check.sh installs the wheels carried in .whl/ (scripts/gpu_wheels
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-import simper_rs
-from simper_rs.cli.bench import Results
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fused_linear import Skipped, liger_fused_simpo, trl_token_logps  # noqa: E402  (benchmarks/fused_linear.py: the peers)
+
+import simper_rs  # noqa: E402
+from simper_rs.cli.bench import Results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, the SXM data sheets
 BATCH = 8  # sequences; N = BATCH x (positions per sequence - 1)
-TRL_VOCAB_CHUNK = 32768  # TRL 1.16's own (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
 
 
 class Device:
@@ -170,26 +175,6 @@ def fused_kernel_times(dev: Device, logits, labels, repeats):
     return forward, backward
 
 
-class Skipped(Exception):
-    """A peer that is not installed here: reported as a row, not a failure."""
-
-
-def _trl_chunked():
-    try:
-        from trl.kernels import ChunkedLogProbFunction
-    except ImportError as e:
-        raise Skipped(f"trl.kernels not importable ({e}); carry TRL's wheel (scripts/gpu_wheels.sh)") from None
-    return ChunkedLogProbFunction
-
-
-def _liger_simpo():
-    try:
-        from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss
-    except ImportError as e:
-        raise Skipped(f"liger-kernel not importable ({e}); carry its wheel (scripts/gpu_wheels.sh)") from None
-    return LigerFusedLinearSimPOLoss
-
-
 # The peers first, so that the rows printed while the run goes have their ratios to TRL.
 LINEAR_METHODS = (
     "materialised log_softmax + gather",
@@ -215,16 +200,11 @@ def linear_method(name: str, hidden, weight, labels):
     shifted = hidden.detach()[:, :-1].contiguous().requires_grad_(True)
     targets = labels[:, 1:].contiguous()
     if name == "TRL ChunkedLogProbFunction":
-        fn = _trl_chunked()
+        token_logps = trl_token_logps()
         flat, flat_targets = shifted.view(-1, h), targets.clamp(min=0).view(-1)
-
-        def trl_logps():
-            tokens = fn.apply(flat, weight, None, flat_targets, 1.0, TRL_VOCAB_CHUNK, None, 1.0, ())[0]
-            return tokens.view(b, t - 1).mean(-1).mean()
-
-        return trl_logps, (shifted, weight)
+        return (lambda: token_logps(flat, weight, flat_targets).view(b, t - 1).mean(-1).mean()), (shifted, weight)
     if name == "Liger LigerFusedLinearSimPOLoss":
-        loss = _liger_simpo()(compute_nll_loss=False, compiled=True)
+        loss = liger_fused_simpo()(compute_nll_loss=False, compiled=True)
         return (lambda: loss(weight, shifted, targets)[0]), (shifted, weight)
     raise ValueError(f"unknown fused-linear method {name!r}")
 
