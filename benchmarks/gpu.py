@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 
@@ -45,6 +45,7 @@ from simper_rs.cli.bench import Results  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, the SXM data sheets
 BATCH = 8  # sequences; N = BATCH x (positions per sequence - 1)
+T = TypeVar("T")
 
 
 class Device:
@@ -81,18 +82,18 @@ class Device:
                 times.append(time.perf_counter() - start_s)
         return statistics.median(times)
 
-    def peak_above(self, fn: Callable[[], object]) -> Optional[int]:
-        """Bytes allocated at the peak of `fn` above the level before it (None on the CPU)."""
+    def peak_above(self, fn: Callable[[], T]) -> Tuple[T, Optional[int]]:
+        """What `fn` returns, and the bytes allocated at its peak above the level before it (None
+        on the CPU)."""
         if not self.cuda:
-            fn()
-            return None
+            return fn(), None
         self.sync()
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        fn()
+        out = fn()
         self.sync()
-        return torch.cuda.max_memory_allocated(self.device) - base
+        return out, torch.cuda.max_memory_allocated(self.device) - base
 
     def release(self) -> None:
         if self.cuda:
@@ -139,27 +140,27 @@ def measure(dev: Device, method, leaves, repeats: int):
     """Median fwd+bwd seconds of ``method().backward()`` and its peak bytes allocated above the
     inputs (the leaves' gradients included)."""
 
-    def step():
+    def clear_grads():
         for leaf in leaves:
             leaf.grad = None
+
+    def step():
+        clear_grads()
         method().backward()
 
     step()  # compile / warm up
-    for leaf in leaves:
-        leaf.grad = None
-    peak = dev.peak_above(step)
+    clear_grads()  # so that the peak is measured above the inputs alone
+    _, peak = dev.peak_above(step)
     seconds = dev.seconds(step, repeats)
-    for leaf in leaves:
-        leaf.grad = None
+    clear_grads()
     return seconds, peak
 
 
 def fused_memory_split(dev: Device, logits, labels):
     """Peak bytes above the live set during the fused forward alone and the backward alone."""
     logits.grad = None
-    out = {}
-    forward = dev.peak_above(lambda: out.setdefault("loss", fused_kernel(logits, labels)))
-    backward = dev.peak_above(lambda: out["loss"].backward())
+    loss, forward = dev.peak_above(lambda: fused_kernel(logits, labels))
+    _, backward = dev.peak_above(loss.backward)
     logits.grad = None
     return forward, backward
 
@@ -209,6 +210,12 @@ def linear_method(name: str, hidden, weight, labels):
     raise ValueError(f"unknown fused-linear method {name!r}")
 
 
+def error_text(err: Exception) -> str:
+    """A row's ``error``: the exception's type and the first line of its message."""
+    first_line = (str(err).splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first_line[:80]}"
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
@@ -223,10 +230,9 @@ def _memory(n: Optional[float]) -> str:
 
 def title_lines(data: dict) -> list:
     gpu = data["gpu"]
-    copy = gpu["copy_bandwidth"]
     return [
         f"# {gpu['name']}, torch {data['machine']['torch']}, simper_rs {data['machine']['simper_rs']}",
-        f"device-to-device copy: {_num(copy, 1e-12)} TB/s (read + write); data-sheet peak: "
+        f"device-to-device copy: {_num(gpu['copy_bandwidth'], 1e-12)} TB/s (read + write); data-sheet peak: "
         f"{_num(gpu['peak_bandwidth'], 1e-12)} TB/s",
     ]
 
@@ -346,7 +352,7 @@ def logits_tables(dev: Device, args, results: Results, peak_bw) -> None:
             try:
                 seconds, peak = measure(dev, lambda m=method, x=logits, y=labels: m(x, y), (logits,), args.repeats)
             except Exception as err:  # a baseline that cannot run (out of memory, compile error)
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+                row["error"] = error_text(err)
                 print(method_row(results.add(row)))
                 logits.grad = None
                 dev.release()
@@ -410,7 +416,7 @@ def linear_table(dev: Device, args, results: Results) -> None:
         except Skipped as skipped:
             row["skipped"] = str(skipped)
         except Exception as err:  # a peer that cannot run here (out of memory, a Triton error)
-            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            row["error"] = error_text(err)
         else:
             grads = sum(leaf.numel() * leaf.element_size() for leaf in leaves)
             row.update(seconds=seconds, extra_peak_bytes=None if peak is None else peak - grads)
